@@ -1,0 +1,1 @@
+"""Sans-I/O codecs: bytes in, typed values out, and back.  No Twisted here."""
