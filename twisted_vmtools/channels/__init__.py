@@ -1,0 +1,1 @@
+"""Channels: the ways a guest's bytes reach the VMX (stream, backdoor, vsock)."""

@@ -1,0 +1,221 @@
+"""The vsock packet: a big-endian length, then a DataMap.
+
+open-vm-tools frames every RPCI request, TCLO command and reply on its vsock
+channels (and we do the same on stream sockets) as ``BE32 length`` followed by
+that many bytes of DataMap entries.  Each entry is ``BE32 type, BE32 fieldId,
+value``; entries come in hash-table order, so the decoder accepts any order
+but rejects a field that appears twice, as the C decoder does.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Union
+
+MAX_PACKET = 1 << 20  # far above any RPC; bounds what a peer can make us buffer
+
+
+class VsockPacketError(ValueError):
+    """A vsock packet or DataMap that cannot be decoded."""
+
+
+class FieldType(enum.IntEnum):
+    INT64 = 1
+    STRING = 2
+    INT64LIST = 3
+    STRINGLIST = 4
+
+
+class FieldId(enum.IntEnum):
+    TYPE = 1
+    PAYLOAD = 2
+    FAST_CLOSE = 3
+
+
+class PacketType(enum.IntEnum):
+    DATA = 1
+    PING = 2
+
+
+Value = Union[int, bytes, tuple[int, ...], tuple[bytes, ...]]
+
+_U32 = struct.Struct(">I")
+
+
+def _encode_int64(value: int) -> bytes:
+    value &= 0xFFFFFFFFFFFFFFFF
+    # Low word first: DataMap writes the two halves separately, each in network order.
+    return _U32.pack(value & 0xFFFFFFFF) + _U32.pack(value >> 32)
+
+
+def _encode_string(value: bytes) -> bytes:
+    return _U32.pack(len(value)) + value
+
+
+def encode_datamap(entries: dict[int, tuple[FieldType, Value]]) -> bytes:
+    """Encode ``{fieldId: (type, value)}`` as DataMap content (no length)."""
+    out = bytearray()
+    for field_id, (ftype, value) in entries.items():
+        out += _U32.pack(ftype) + _U32.pack(field_id)
+        if ftype is FieldType.INT64:
+            assert isinstance(value, int)
+            out += _encode_int64(value)
+        elif ftype is FieldType.STRING:
+            assert isinstance(value, bytes)
+            out += _encode_string(value)
+        elif ftype is FieldType.INT64LIST:
+            assert isinstance(value, tuple)
+            out += _U32.pack(len(value)) + b"".join(_encode_int64(int(v)) for v in value)
+        else:
+            assert isinstance(value, tuple)
+            out += _U32.pack(len(value)) + b"".join(_encode_string(bytes(v)) for v in value)  # type: ignore[arg-type]
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or n > self.remaining():
+            raise VsockPacketError(f"truncated DataMap: wanted {n} bytes, {self.remaining()} left")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self.take(4))[0])
+
+    def int64(self) -> int:
+        low = self.u32()
+        high = self.u32()
+        value = (high << 32) | low
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    def string(self) -> bytes:
+        return self.take(self.u32())
+
+    def count(self, unit: int) -> int:
+        n = self.u32()
+        if n * unit > self.remaining():
+            raise VsockPacketError(f"DataMap list of {n} entries does not fit")
+        return n
+
+
+def decode_datamap(content: bytes) -> dict[int, tuple[FieldType, Value]]:
+    """Decode DataMap content (no length prefix) into ``{fieldId: (type, value)}``."""
+    reader = _Reader(content)
+    entries: dict[int, tuple[FieldType, Value]] = {}
+    while reader.remaining():
+        raw_type = reader.u32()
+        field_id = reader.u32()
+        try:
+            ftype = FieldType(raw_type)
+        except ValueError:
+            raise VsockPacketError(f"unknown DataMap field type {raw_type}") from None
+        if field_id in entries:
+            raise VsockPacketError(f"DataMap field {field_id} appears twice")
+        value: Value
+        if ftype is FieldType.INT64:
+            value = reader.int64()
+        elif ftype is FieldType.STRING:
+            value = reader.string()
+        elif ftype is FieldType.INT64LIST:
+            value = tuple(reader.int64() for _ in range(reader.count(8)))
+        else:
+            value = tuple(reader.string() for _ in range(reader.count(4)))
+        entries[field_id] = (ftype, value)
+    return entries
+
+
+@dataclass(frozen=True)
+class VsockPacket:
+    """One framed message: DATA carries a payload, PING is the guest's heartbeat."""
+
+    type: PacketType = PacketType.DATA
+    payload: bytes | None = None
+    fast_close: bool = False
+    extra: dict[int, tuple[FieldType, Value]] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def data(cls, payload: bytes, fast_close: bool = False) -> VsockPacket:
+        return cls(PacketType.DATA, payload, fast_close)
+
+    @classmethod
+    def ping(cls) -> VsockPacket:
+        return cls(PacketType.PING)
+
+    def encode(self) -> bytes:
+        entries: dict[int, tuple[FieldType, Value]] = dict(self.extra)
+        entries[FieldId.TYPE] = (FieldType.INT64, int(self.type))
+        if self.payload is not None:
+            entries[FieldId.PAYLOAD] = (FieldType.STRING, self.payload)
+        if self.fast_close:
+            entries[FieldId.FAST_CLOSE] = (FieldType.INT64, 1)
+        content = encode_datamap(entries)
+        return _U32.pack(len(content)) + content
+
+    @classmethod
+    def decode_content(cls, content: bytes) -> VsockPacket:
+        entries = decode_datamap(content)
+        ptype = _typed(entries, FieldId.TYPE, FieldType.INT64)
+        if ptype is None:
+            raise VsockPacketError("vsock packet has no TYPE field")
+        try:
+            kind = PacketType(ptype)
+        except ValueError:
+            raise VsockPacketError(f"unknown vsock packet type {ptype}") from None
+        payload = _typed(entries, FieldId.PAYLOAD, FieldType.STRING)
+        if kind is PacketType.DATA and payload is None:
+            raise VsockPacketError("vsock DATA packet has no PAYLOAD field")
+        fast_close = _typed(entries, FieldId.FAST_CLOSE, FieldType.INT64)
+        extra = {k: v for k, v in entries.items() if k not in tuple(FieldId)}
+        assert payload is None or isinstance(payload, bytes)
+        return cls(kind, payload, bool(fast_close), extra)
+
+
+def _typed(entries: dict[int, tuple[FieldType, Value]], fid: FieldId, ftype: FieldType) -> Value | None:
+    entry = entries.get(fid)
+    if entry is None:
+        return None
+    if entry[0] is not ftype:
+        raise VsockPacketError(f"vsock field {fid.name} has type {entry[0].name}, not {ftype.name}")
+    return entry[1]
+
+
+class PacketDecoder:
+    """Incremental decoder: feed bytes as they arrive, get whole packets out."""
+
+    def __init__(self, max_packet: int = MAX_PACKET) -> None:
+        self._buffer = bytearray()
+        self._max = max_packet
+
+    def feed(self, data: bytes) -> list[VsockPacket]:
+        self._buffer += data
+        packets: list[VsockPacket] = []
+        while len(self._buffer) >= 4:
+            (length,) = _U32.unpack_from(self._buffer)
+            if length > self._max:
+                raise VsockPacketError(f"vsock packet of {length} bytes exceeds {self._max}")
+            if len(self._buffer) < 4 + length:
+                break
+            content = bytes(self._buffer[4 : 4 + length])
+            del self._buffer[: 4 + length]
+            packets.append(VsockPacket.decode_content(content))
+        return packets
+
+
+def decode_packet(data: bytes) -> VsockPacket:
+    """Decode exactly one whole packet (length prefix included)."""
+    if len(data) < 4:
+        raise VsockPacketError("vsock packet shorter than its length prefix")
+    (length,) = _U32.unpack_from(data)
+    if length != len(data) - 4:
+        raise VsockPacketError(f"vsock packet length {length} does not match {len(data) - 4} bytes")
+    return VsockPacket.decode_content(data[4:])

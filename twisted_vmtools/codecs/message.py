@@ -1,0 +1,509 @@
+"""The message channel (GuestMsg) as pure state machines, guest side and VMX side.
+
+Every message-channel operation is one backdoor call: registers in,
+registers out (plus, for the high-bandwidth calls, a buffer).  The guest
+side is written as generators that *yield* the backdoor call they need and
+are *sent* its result, so the same code drives the real instruction (C
+extension), an in-memory VMX (tests) or anything else.  The VMX side is a
+table of channels that turns the guest's registers into the VMX's, which is
+what the trap engine and the simulated VMX need.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .backdoor import (
+    BDOOR_MAGIC,
+    BDOOR_PORT,
+    BDOORHB_CMD_MESSAGE,
+    BDOORHB_PORT,
+    CMD_MESSAGE,
+    MASK32,
+    Registers,
+    high16,
+    low16,
+    pack16,
+)
+
+PROTO_RPCI = 0x49435052  # b"RPCI" as a little-endian u32
+PROTO_TCLO = 0x4F4C4354  # b"TCLO"
+FLAG_COOKIE = 0x80000000
+MAX_CHANNELS = 128  # GUESTMSG_MAX_CHANNEL: ids are below this
+MAX_MESSAGE = 64 * 1024  # the VMX's cap on one incoming message
+CHECKPOINT_RETRIES = 32  # a checkpoint per call is already rare; this many is a broken VMX
+
+
+class MessageType(enum.IntEnum):
+    OPEN = 0
+    SENDSIZE = 1
+    SENDPAYLOAD = 2
+    RECVSIZE = 3
+    RECVPAYLOAD = 4
+    RECVSTATUS = 5
+    CLOSE = 6
+
+
+class Status(enum.IntFlag):
+    FAIL = 0
+    SUCCESS = 0x01
+    DORECV = 0x02
+    CLOSED = 0x04
+    UNSENT = 0x08
+    CPT = 0x10
+    POWEROFF = 0x20
+    TIMEOUT = 0x40
+    HB = 0x80
+
+
+class MessageChannelError(Exception):
+    """A message-channel operation failed or the peer broke the protocol."""
+
+
+class BackdoorOp(enum.Enum):
+    LOW_BANDWIDTH = "lb"  # in eax,dx on 0x5658
+    HB_OUT = "hb-out"  # rep outsb on 0x5659: guest → VMX
+    HB_IN = "hb-in"  # rep insb on 0x5659: VMX → guest
+
+
+@dataclass(frozen=True)
+class BackdoorCall:
+    """One backdoor instruction the guest wants executed.
+
+    For HB_OUT, ``data`` is the buffer whose address goes in RSI; for HB_IN,
+    the executor supplies a buffer of RCX bytes for RDI.  Those two pointer
+    registers are left 0 here: only the executor knows its buffers.
+    """
+
+    op: BackdoorOp
+    regs: Registers
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class BackdoorResult:
+    regs: Registers
+    data: bytes = b""  # HB_IN: the bytes the VMX wrote
+
+
+GuestSteps = Generator[BackdoorCall, BackdoorResult, "object"]
+Backdoor = Callable[[BackdoorCall], BackdoorResult]
+
+
+def run_steps(steps: Generator[BackdoorCall, BackdoorResult, object], backdoor: Backdoor) -> object:
+    """Drive a guest-side generator to completion with a synchronous backdoor."""
+    try:
+        call = next(steps)
+        while True:
+            call = steps.send(backdoor(call))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _message_regs(kind: MessageType, channel: int, bx: int, cookie_high: int, cookie_low: int) -> Registers:
+    return Registers(
+        ax=BDOOR_MAGIC,
+        bx=bx & MASK32,
+        cx=pack16(kind, CMD_MESSAGE),
+        dx=pack16(channel, BDOOR_PORT),
+        si=cookie_high,
+        di=cookie_low,
+    )
+
+
+def _status(regs: Registers) -> Status:
+    return Status(high16(regs.cx))
+
+
+class GuestChannel:
+    """The guest's end of one message channel (RPCI or TCLO).
+
+    Use the generator methods with `run_steps` or any other driver; each
+    raises `MessageChannelError` on failure, after which the channel should
+    be closed and reopened.
+    """
+
+    def __init__(self, protocol: int) -> None:
+        self.protocol = protocol
+        self.id: int | None = None
+        self.cookie_high = 0
+        self.cookie_low = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.id is not None
+
+    def _call(self, kind: MessageType, bx: int = 0) -> BackdoorCall:
+        if self.id is None:
+            raise MessageChannelError("message channel is not open")
+        return BackdoorCall(
+            BackdoorOp.LOW_BANDWIDTH, _message_regs(kind, self.id, bx, self.cookie_high, self.cookie_low)
+        )
+
+    def open(self) -> Generator[BackdoorCall, BackdoorResult, None]:
+        for bx in (self.protocol | FLAG_COOKIE, self.protocol):
+            result = yield BackdoorCall(BackdoorOp.LOW_BANDWIDTH, _message_regs(MessageType.OPEN, 0, bx, 0, 0))
+            if Status.SUCCESS in _status(result.regs):
+                self.id = high16(result.regs.dx)
+                if bx & FLAG_COOKIE:
+                    self.cookie_high = result.regs.si & MASK32
+                    self.cookie_low = result.regs.di & MASK32
+                return
+        raise MessageChannelError(f"the VMX refused to open a channel for protocol {self.protocol:#x}")
+
+    def close(self) -> Generator[BackdoorCall, BackdoorResult, None]:
+        if self.id is None:
+            return
+        result = yield self._call(MessageType.CLOSE)
+        self.id = None
+        if Status.SUCCESS not in _status(result.regs):
+            raise MessageChannelError("the VMX refused to close the channel")
+
+    def send(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, None]:
+        for _ in range(CHECKPOINT_RETRIES):
+            result = yield self._call(MessageType.SENDSIZE, len(payload))
+            status = _status(result.regs)
+            if Status.SUCCESS not in status:
+                raise MessageChannelError(f"SENDSIZE of {len(payload)} bytes refused (status {int(status):#x})")
+            if not payload:
+                return
+            if Status.HB in status:
+                sent = yield from self._send_high_bandwidth(payload)
+            else:
+                sent = yield from self._send_low_bandwidth(payload)
+            if sent:
+                return
+        raise MessageChannelError("send kept being interrupted by checkpoints")
+
+    def _send_high_bandwidth(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, bool]:
+        assert self.id is not None
+        regs = Registers(
+            ax=BDOOR_MAGIC,
+            bx=pack16(Status.SUCCESS, BDOORHB_CMD_MESSAGE),
+            cx=len(payload),
+            dx=pack16(self.id, BDOORHB_PORT),
+            di=self.cookie_low,
+            bp=self.cookie_high,
+        )
+        result = yield BackdoorCall(BackdoorOp.HB_OUT, regs, payload)
+        return self._chunk_ok(Status(high16(result.regs.bx)), "high-bandwidth send")
+
+    def _send_low_bandwidth(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, bool]:
+        for offset in range(0, len(payload), 4):
+            word = int.from_bytes(payload[offset : offset + 4].ljust(4, b"\0"), "little")
+            result = yield self._call(MessageType.SENDPAYLOAD, word)
+            if not self._chunk_ok(_status(result.regs), "SENDPAYLOAD"):
+                return False
+        return True
+
+    @staticmethod
+    def _chunk_ok(status: Status, what: str) -> bool:
+        """True if the chunk went through, False to restart after a checkpoint."""
+        if Status.SUCCESS in status:
+            return True
+        if Status.CPT in status:
+            return False
+        raise MessageChannelError(f"{what} failed (status {int(status):#x})")
+
+    def receive(self) -> Generator[BackdoorCall, BackdoorResult, bytes]:
+        """Receive one message; an empty result means the VMX had nothing."""
+        for _ in range(CHECKPOINT_RETRIES):
+            result = yield self._call(MessageType.RECVSIZE)
+            status = _status(result.regs)
+            if Status.SUCCESS not in status:
+                raise MessageChannelError(f"RECVSIZE failed (status {int(status):#x})")
+            if Status.DORECV not in status:
+                return b""
+            if high16(result.regs.dx) != MessageType.SENDSIZE:
+                raise MessageChannelError("RECVSIZE answered with the wrong message type")
+            size = result.regs.bx & MASK32
+            if Status.HB in status and size:
+                data = yield from self._receive_high_bandwidth(size)
+            else:
+                data = yield from self._receive_low_bandwidth(size)
+            if data is None:
+                continue
+            ack = yield self._call(MessageType.RECVSTATUS, Status.SUCCESS)
+            if self._chunk_ok(_status(ack.regs), "RECVSTATUS"):
+                return data
+        raise MessageChannelError("receive kept being interrupted by checkpoints")
+
+    def _receive_high_bandwidth(self, size: int) -> Generator[BackdoorCall, BackdoorResult, bytes | None]:
+        assert self.id is not None
+        regs = Registers(
+            ax=BDOOR_MAGIC,
+            bx=pack16(Status.SUCCESS, BDOORHB_CMD_MESSAGE),
+            cx=size,
+            dx=pack16(self.id, BDOORHB_PORT),
+            si=self.cookie_high,
+            bp=self.cookie_low,
+        )
+        result = yield BackdoorCall(BackdoorOp.HB_IN, regs)
+        status = Status(high16(result.regs.bx))
+        if Status.SUCCESS not in status and Status.CPT not in status:
+            yield from self._error_ack(MessageType.RECVSTATUS)
+        if not self._chunk_ok(status, "high-bandwidth receive"):
+            return None
+        if len(result.data) != size:
+            raise MessageChannelError(f"high-bandwidth receive returned {len(result.data)} of {size} bytes")
+        return result.data
+
+    def _receive_low_bandwidth(self, size: int) -> Generator[BackdoorCall, BackdoorResult, bytes | None]:
+        data = bytearray()
+        while len(data) < size:
+            result = yield self._call(MessageType.RECVPAYLOAD, Status.SUCCESS)
+            status = _status(result.regs)
+            if Status.SUCCESS in status and high16(result.regs.dx) != MessageType.SENDPAYLOAD:
+                yield from self._error_ack(MessageType.RECVPAYLOAD)
+                raise MessageChannelError("RECVPAYLOAD answered with the wrong message type")
+            if not self._chunk_ok(status, "RECVPAYLOAD"):
+                return None
+            data += struct.pack("<I", result.regs.bx & MASK32)
+        return bytes(data[:size])
+
+    def _error_ack(self, kind: MessageType) -> Generator[BackdoorCall, BackdoorResult, None]:
+        # Tell the VMX we gave up on this message so that it can drop or requeue it.
+        yield self._call(kind, 0)
+
+
+# --------------------------------------------------------------------------- VMX side
+
+
+class ChannelEndpoint(Protocol):
+    """What sits behind one VMX-side channel: an RPCI server or a TCLO queue."""
+
+    def message_received(self, data: bytes) -> None:
+        """The guest finished sending ``data`` (empty for a TCLO poll)."""
+
+    def next_message(self) -> bytes | None:
+        """What the guest gets at its next RECVSIZE, or None for nothing."""
+
+    def message_delivered(self, data: bytes) -> None:
+        """The guest acknowledged ``data`` (RECVSTATUS with success)."""
+
+    def message_refused(self, data: bytes) -> None:
+        """The guest gave up receiving ``data`` (error ack): it may be offered again."""
+
+    def closed(self) -> None:
+        """The channel was closed by the guest, or its owner died."""
+
+
+EndpointFactory = Callable[[int, int], "ChannelEndpoint | None"]  # (protocol, owner) -> endpoint
+
+
+@dataclass
+class HostChannel:
+    id: int
+    protocol: int
+    owner: int
+    endpoint: ChannelEndpoint
+    cookie_high: int = 0
+    cookie_low: int = 0
+    checks_cookies: bool = True
+    send_size: int | None = None
+    send_buffer: bytearray = field(default_factory=bytearray)
+    outgoing: bytes | None = None
+    recv_offset: int = 0
+
+
+class HostChannels:
+    """The VMX's channel table: turns the guest's message calls into replies.
+
+    ``max_channels`` bounds how many a guest may hold (a real VMX allows
+    few); ``high_bandwidth`` says whether transfers may use ``rep`` string
+    I/O.  Channels remember the process (``owner``) that opened them, so
+    the trap engine can close them when it dies.
+    """
+
+    def __init__(
+        self,
+        endpoint_factory: EndpointFactory,
+        *,
+        max_channels: int = 8,
+        max_message: int = MAX_MESSAGE,
+        high_bandwidth: bool = True,
+        random_cookie: Callable[[], int] = lambda: int.from_bytes(os.urandom(4), "little"),
+    ) -> None:
+        self._factory = endpoint_factory
+        self.max_channels = min(max_channels, MAX_CHANNELS)
+        self.max_message = max_message
+        self.high_bandwidth = high_bandwidth
+        self._cookie = random_cookie
+        self.channels: dict[int, HostChannel] = {}
+
+    # -- low bandwidth
+
+    def low_bandwidth(self, owner: int, regs: Registers) -> Registers:
+        """Answer one ``BDOOR_CMD_MESSAGE`` call."""
+        kind = high16(regs.cx)
+        if kind == MessageType.OPEN:
+            return self._open(owner, regs)
+        channel = self._checked(regs, regs.si, regs.di)
+        if channel is None or kind > MessageType.CLOSE:
+            return self._reply(regs, Status.FAIL)
+        handler = {
+            MessageType.SENDSIZE: self._send_size,
+            MessageType.SENDPAYLOAD: self._send_payload,
+            MessageType.RECVSIZE: self._receive_size,
+            MessageType.RECVPAYLOAD: self._receive_payload,
+            MessageType.RECVSTATUS: self._receive_status,
+            MessageType.CLOSE: self._close_call,
+        }[MessageType(kind)]
+        return handler(channel, regs)
+
+    @staticmethod
+    def _reply(regs: Registers, status: Status, **changes: int) -> Registers:
+        return regs.with_(cx=pack16(status, 0), **changes)
+
+    def _checked(self, regs: Registers, cookie_high: int, cookie_low: int) -> HostChannel | None:
+        channel = self.channels.get(high16(regs.dx))
+        if channel is None:
+            return None
+        if channel.checks_cookies and (
+            (cookie_high & MASK32) != channel.cookie_high or (cookie_low & MASK32) != channel.cookie_low
+        ):
+            return None
+        return channel
+
+    def _open(self, owner: int, regs: Registers) -> Registers:
+        protocol = regs.bx & ~FLAG_COOKIE & MASK32
+        free = next((i for i in range(self.max_channels) if i not in self.channels), None)
+        if free is None:
+            return self._reply(regs, Status.FAIL)
+        endpoint = self._factory(protocol, owner)
+        if endpoint is None:
+            return self._reply(regs, Status.FAIL)
+        with_cookies = bool(regs.bx & FLAG_COOKIE)
+        channel = HostChannel(free, protocol, owner, endpoint, checks_cookies=with_cookies)
+        if with_cookies:
+            channel.cookie_high, channel.cookie_low = self._cookie() & MASK32, self._cookie() & MASK32
+        self.channels[free] = channel
+        return self._reply(
+            regs,
+            Status.SUCCESS,
+            dx=pack16(free, low16(regs.dx)),
+            si=channel.cookie_high,
+            di=channel.cookie_low,
+        )
+
+    def _send_size(self, channel: HostChannel, regs: Registers) -> Registers:
+        size = regs.bx & MASK32
+        if size > self.max_message:
+            channel.send_size = None
+            return self._reply(regs, Status.FAIL)
+        channel.send_size = size
+        channel.send_buffer = bytearray()
+        if size == 0:
+            self._deliver_send(channel)
+            return self._reply(regs, Status.SUCCESS)
+        status = Status.SUCCESS | (Status.HB if self.high_bandwidth else Status.FAIL)
+        return self._reply(regs, status)
+
+    def _send_payload(self, channel: HostChannel, regs: Registers) -> Registers:
+        if channel.send_size is None:
+            return self._reply(regs, Status.FAIL)
+        missing = channel.send_size - len(channel.send_buffer)
+        channel.send_buffer += struct.pack("<I", regs.bx & MASK32)[: min(4, missing)]
+        if len(channel.send_buffer) == channel.send_size:
+            self._deliver_send(channel)
+        return self._reply(regs, Status.SUCCESS)
+
+    def _deliver_send(self, channel: HostChannel) -> None:
+        data = bytes(channel.send_buffer)
+        channel.send_size = None
+        channel.send_buffer = bytearray()
+        # A new message from the guest supersedes an answer it never fetched.
+        channel.outgoing = None
+        channel.endpoint.message_received(data)
+
+    def _receive_size(self, channel: HostChannel, regs: Registers) -> Registers:
+        if channel.outgoing is None:
+            channel.outgoing = channel.endpoint.next_message()
+        channel.recv_offset = 0
+        if channel.outgoing is None:
+            return self._reply(regs, Status.SUCCESS)
+        status = Status.SUCCESS | Status.DORECV
+        if self.high_bandwidth and channel.outgoing:
+            status |= Status.HB
+        return self._reply(
+            regs,
+            status,
+            bx=len(channel.outgoing),
+            dx=pack16(MessageType.SENDSIZE, low16(regs.dx)),
+        )
+
+    def _receive_payload(self, channel: HostChannel, regs: Registers) -> Registers:
+        if channel.outgoing is None:
+            return self._reply(regs, Status.FAIL)
+        if not regs.bx & Status.SUCCESS:
+            self._refuse(channel)
+            return self._reply(regs, Status.SUCCESS)
+        chunk = channel.outgoing[channel.recv_offset : channel.recv_offset + 4]
+        channel.recv_offset += 4
+        return self._reply(
+            regs,
+            Status.SUCCESS,
+            bx=int.from_bytes(chunk.ljust(4, b"\0"), "little"),
+            dx=pack16(MessageType.SENDPAYLOAD, low16(regs.dx)),
+        )
+
+    def _receive_status(self, channel: HostChannel, regs: Registers) -> Registers:
+        if channel.outgoing is None:
+            return self._reply(regs, Status.FAIL)
+        if not regs.bx & Status.SUCCESS:
+            self._refuse(channel)
+            return self._reply(regs, Status.SUCCESS)
+        data, channel.outgoing = channel.outgoing, None
+        channel.endpoint.message_delivered(data)
+        return self._reply(regs, Status.SUCCESS)
+
+    def _refuse(self, channel: HostChannel) -> None:
+        data, channel.outgoing = channel.outgoing, None
+        if data is not None:
+            channel.endpoint.message_refused(data)
+
+    def _close_call(self, channel: HostChannel, regs: Registers) -> Registers:
+        self._close(channel)
+        return self._reply(regs, Status.SUCCESS)
+
+    def _close(self, channel: HostChannel) -> None:
+        del self.channels[channel.id]
+        channel.endpoint.closed()
+
+    def close_owner(self, owner: int) -> None:
+        """Close every channel ``owner`` opened (the process died or exec'd)."""
+        for channel in [c for c in self.channels.values() if c.owner == owner]:
+            self._close(channel)
+
+    # -- high bandwidth
+
+    def _hb_channel(self, regs: Registers, cookie_high: int, cookie_low: int) -> HostChannel | None:
+        if low16(regs.bx) != BDOORHB_CMD_MESSAGE:
+            return None
+        return self._checked(regs, cookie_high, cookie_low)
+
+    @staticmethod
+    def _hb_reply(regs: Registers, status: Status) -> Registers:
+        return regs.with_(bx=pack16(status, low16(regs.bx)))
+
+    def high_bandwidth_out(self, owner: int, regs: Registers, data: bytes) -> Registers:
+        """``rep outsb``: the guest sends a whole message body at once."""
+        channel = self._hb_channel(regs, regs.bp, regs.di)
+        size = regs.cx
+        if channel is None or channel.send_size is None or size != channel.send_size or len(data) != size:
+            return self._hb_reply(regs, Status.FAIL)
+        channel.send_buffer = bytearray(data)
+        self._deliver_send(channel)
+        return self._hb_reply(regs, Status.SUCCESS)
+
+    def high_bandwidth_in(self, owner: int, regs: Registers) -> tuple[Registers, bytes]:
+        """``rep insb``: the guest fetches the whole pending message at once."""
+        channel = self._hb_channel(regs, regs.si, regs.bp)
+        if channel is None or channel.outgoing is None or regs.cx != len(channel.outgoing):
+            return self._hb_reply(regs, Status.FAIL), b""
+        return self._hb_reply(regs, Status.SUCCESS), channel.outgoing

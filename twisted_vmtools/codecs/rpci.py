@@ -1,0 +1,52 @@
+"""RPCI text: requests a guest sends the VMX and the VMX's ``1 `` / ``0 `` replies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUCCESS_PREFIX = b"1 "
+FAILURE_PREFIX = b"0 "
+UNKNOWN_COMMAND = b"Unknown command"
+
+
+class RPCIFormatError(ValueError):
+    """An RPCI reply that is neither ``1 …`` nor ``0 …``, or an empty request."""
+
+
+@dataclass(frozen=True)
+class RPCIRequest:
+    name: bytes
+    args: bytes = b""
+
+
+@dataclass(frozen=True)
+class RPCIReply:
+    ok: bool
+    body: bytes = b""
+
+    def encode(self) -> bytes:
+        return (SUCCESS_PREFIX if self.ok else FAILURE_PREFIX) + self.body
+
+
+def parse_request(data: bytes) -> RPCIRequest:
+    """Split a request into name and arguments.
+
+    Senders differ: vmtoolsd appends a NUL to text requests, rpctool may drop
+    the space after a bare name, capability RPCs end in a space.  All of them
+    name the same request.  Binary arguments (``SetGuestInfo  10 <XDR>``) are
+    kept byte-exact apart from that one trailing NUL.
+    """
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    name, _, args = data.partition(b" ")
+    if not name:
+        raise RPCIFormatError("empty RPCI request")
+    return RPCIRequest(name, args)
+
+
+def parse_reply(data: bytes) -> RPCIReply:
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    if len(data) < 2 or data[:2] not in (SUCCESS_PREFIX, FAILURE_PREFIX):
+        raise RPCIFormatError(f"invalid RPCI reply format: {data[:32]!r}")
+    return RPCIReply(data[:2] == SUCCESS_PREFIX, data[2:])

@@ -1,0 +1,61 @@
+"""TCLO text: the commands a VMX sends a guest and the guest's replies.
+
+A command is ``name`` optionally followed by a space and arguments (text or
+binary: ``f <hgfs packet>``, ``Vix_1_Relayed_Command "..."\\0<vix>``).  A
+reply is ``OK <body>`` or ``ERROR <body>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+UNKNOWN_COMMAND = b"Unknown Command"
+BAD_COMMAND = b"Bad command"
+OK_PREFIX = b"OK "
+ERROR_PREFIX = b"ERROR "
+
+
+class TCLOError(ValueError):
+    """A TCLO command or reply that does not follow the format."""
+
+
+@dataclass(frozen=True)
+class TCLOCommand:
+    name: bytes
+    args: bytes = b""
+
+    def encode(self) -> bytes:
+        return self.name + (b" " + self.args if self.args else b"")
+
+
+@dataclass(frozen=True)
+class TCLOReply:
+    ok: bool
+    body: bytes = b""
+
+    def encode(self) -> bytes:
+        return (OK_PREFIX if self.ok else ERROR_PREFIX) + self.body
+
+
+def parse_command(data: bytes) -> TCLOCommand:
+    """Split a command into its name and arguments (one separating space removed).
+
+    A trailing NUL, which some senders include, is not part of the command.
+    """
+    if data.endswith(b"\0") and b" " not in data:
+        data = data[:-1]
+    name, _, args = data.partition(b" ")
+    if not name or b"\0" in name:
+        raise TCLOError("TCLO command has no name")
+    return TCLOCommand(name, args)
+
+
+def parse_reply(data: bytes) -> TCLOReply:
+    if data.startswith(OK_PREFIX):
+        return TCLOReply(True, data[len(OK_PREFIX) :])
+    if data.startswith(ERROR_PREFIX):
+        return TCLOReply(False, data[len(ERROR_PREFIX) :])
+    # vmtoolsd never sends a bare "OK", but tolerate it: it is unambiguous.
+    if data in (b"OK", b"ERROR"):
+        return TCLOReply(data == b"OK")
+    raise TCLOError(f"TCLO reply does not start with 'OK ' or 'ERROR ': {data[:32]!r}")
