@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Union
 
 MAX_PACKET = 1 << 20  # far above any RPC; bounds what a peer can make us buffer
 
@@ -39,7 +38,7 @@ class PacketType(enum.IntEnum):
     PING = 2
 
 
-Value = Union[int, bytes, tuple[int, ...], tuple[bytes, ...]]
+Value = int | bytes | tuple[int, ...] | tuple[bytes, ...]
 
 _U32 = struct.Struct(">I")
 
@@ -190,15 +189,21 @@ def _typed(entries: dict[int, tuple[FieldType, Value]], fid: FieldId, ftype: Fie
 
 
 class PacketDecoder:
-    """Incremental decoder: feed bytes as they arrive, get whole packets out."""
+    """Incremental decoder: feed bytes as they arrive, get whole packets out.
+
+    A packet whose content is malformed comes out as a `VsockPacketError`
+    in its place: its length prefix still says where the next one starts, so
+    the stream can go on.  A length over the limit means the framing itself
+    is lost; that raises.
+    """
 
     def __init__(self, max_packet: int = MAX_PACKET) -> None:
         self._buffer = bytearray()
         self._max = max_packet
 
-    def feed(self, data: bytes) -> list[VsockPacket]:
+    def feed(self, data: bytes) -> list[VsockPacket | VsockPacketError]:
         self._buffer += data
-        packets: list[VsockPacket] = []
+        packets: list[VsockPacket | VsockPacketError] = []
         while len(self._buffer) >= 4:
             (length,) = _U32.unpack_from(self._buffer)
             if length > self._max:
@@ -207,7 +212,10 @@ class PacketDecoder:
                 break
             content = bytes(self._buffer[4 : 4 + length])
             del self._buffer[: 4 + length]
-            packets.append(VsockPacket.decode_content(content))
+            try:
+                packets.append(VsockPacket.decode_content(content))
+            except VsockPacketError as error:
+                packets.append(error)
         return packets
 
 
