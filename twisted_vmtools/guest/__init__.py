@@ -1,0 +1,1 @@
+"""Guest services: what the tools do inside the guest."""

@@ -1,0 +1,1 @@
+"""Protocols over the channels: the RPCI client and the TCLO dispatcher."""

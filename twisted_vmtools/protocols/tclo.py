@@ -1,0 +1,94 @@
+"""TCLO: dispatching the VMX's commands to handlers."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..channels.interfaces import ITCLOHandler
+from ..codecs.tclo import BAD_COMMAND, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
+
+HandlerResult = bytes | Deferred[bytes] | Awaitable[bytes]
+Handler = Callable[[bytes], HandlerResult]
+
+
+class TCLOHandlerError(Exception):
+    """Raise from a handler to answer ``ERROR <message>``."""
+
+    def __init__(self, message: bytes | str) -> None:
+        self.body = message.encode() if isinstance(message, str) else message
+        super().__init__(self.body.decode("utf-8", "replace"))
+
+
+@implementer(ITCLOHandler)
+class TCLODispatcher:
+    """A registry of TCLO command handlers.
+
+    A handler gets the arguments (the text after the first space) and returns
+    the reply body as bytes, a Deferred or a coroutine.  It answers
+    ``OK <body>``; a `TCLOHandlerError` answers ``ERROR <message>``; any other
+    failure is logged and answered ``ERROR <description>``, and the service
+    goes on.
+    """
+
+    log = Logger()
+
+    def __init__(self, *, trace: bool = False) -> None:
+        self._handlers: dict[bytes, Handler] = {}
+        self.trace = trace
+
+    def register(self, name: bytes, handler: Handler) -> None:
+        self._handlers[name] = handler
+
+    def unregister(self, name: bytes) -> None:
+        self._handlers.pop(name, None)
+
+    def handle(self, command: bytes) -> Deferred[bytes]:
+        if self.trace:
+            self.log.info("TCLO ← {command!r}", command=command[:200])
+        replying = self._dispatch(command)
+        if self.trace:
+            replying.addCallback(self._traced)
+        return replying
+
+    def _traced(self, reply: bytes) -> bytes:
+        self.log.info("TCLO → {reply!r}", reply=reply[:200])
+        return reply
+
+    def _dispatch(self, command: bytes) -> Deferred[bytes]:
+        try:
+            parsed = parse_command(command)
+        except TCLOError:
+            return _done(TCLOReply(False, BAD_COMMAND))
+        handler = self._handlers.get(parsed.name)
+        if handler is None:
+            return _done(TCLOReply(False, UNKNOWN_COMMAND))
+        running = maybeDeferred(_call, handler, parsed.args)
+        running.addCallbacks(lambda body: TCLOReply(True, body).encode(), self._failed, errbackArgs=(parsed.name,))
+        return running
+
+    def _failed(self, failure: Failure, name: bytes) -> bytes:
+        if failure.check(TCLOHandlerError):
+            return TCLOReply(False, failure.value.body).encode()  # type: ignore[union-attr]
+        self.log.failure("TCLO handler for {name!r} failed", failure, name=name)
+        return TCLOReply(False, failure.getErrorMessage().encode("utf-8", "replace")).encode()
+
+
+def _call(handler: Handler, args: bytes) -> bytes | Deferred[bytes]:
+    result = handler(args)
+    if inspect.isawaitable(result) and not isinstance(result, Deferred):
+        return ensureDeferred(result)  # type: ignore[arg-type]
+    if isinstance(result, (bytes, Deferred)):
+        return result
+    raise TypeError(f"TCLO handler returned {type(result).__name__}, not bytes")
+
+
+def _done(reply: TCLOReply) -> Deferred[bytes]:
+    done: Deferred[bytes] = Deferred()
+    done.callback(reply.encode())
+    return done

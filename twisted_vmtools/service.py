@@ -1,0 +1,57 @@
+"""`ToolsService`: the guest tools as one Twisted service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from .channels.interfaces import IGuestChannel
+from .guest.core import CoreHandlers
+from .guest.netinfo import primary_ip as default_primary_ip
+from .protocols.rpci import RPCI
+from .protocols.tclo import TCLODispatcher
+
+
+class ToolsService(MultiService):
+    """Wires a channel, the RPCI client, the TCLO dispatcher and the guest services.
+
+    ``reactor`` is passed in (tests give a `Clock`-driven one); ``channel``
+    is any `IGuestChannel`.  ``primary_ip`` overrides the address reported
+    for ``Set_Option broadcastIP 1``.  Extra TCLO handlers can be added with
+    ``service.dispatcher.register`` before or after start.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: object,
+        channel: IGuestChannel,
+        *,
+        primary_ip: Callable[[], str | None] | str | None = None,
+        trace: bool = False,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.channel = channel
+        self.rpci = RPCI(channel, trace=trace)
+        self.dispatcher = TCLODispatcher(trace=trace)
+        if isinstance(primary_ip, str):
+            fixed = primary_ip
+            primary_ip = lambda: fixed  # noqa: E731
+        self.core = CoreHandlers(self.rpci, primary_ip=primary_ip or default_primary_ip)
+        self.core.install(self.dispatcher)
+        self._announcing: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info("guest tools starting on {channel}", channel=self.channel.name)
+        self.channel.start(self.dispatcher)
+        self._announcing = ensureDeferred(self.core.announce_version())
+
+    def stopService(self) -> Deferred[None]:
+        stopping: Deferred[object] = super().stopService()
+        return stopping.addCallback(lambda _: self.channel.stop())

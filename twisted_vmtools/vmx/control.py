@@ -1,0 +1,70 @@
+"""The simulator's control channel: AMP over the same socket the guest uses.
+
+`vmtools-sim status|tclo|guestinfo` connect to a running simulator's socket,
+send the ``CTRL`` preamble, then speak AMP.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.protocols import amp
+
+from ..codecs.stream import StreamKind
+from .model import VMX
+from .tclo_queue import GuestGone, TCLOTimeout
+
+
+class Status(amp.Command):
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response = [(b"status", amp.Unicode())]
+
+
+class SendTCLO(amp.Command):
+    arguments = [(b"command", amp.String()), (b"timeout", amp.Float())]
+    response = [(b"reply", amp.String())]
+    errors = {TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE"}
+
+
+class GuestInfoGet(amp.Command):
+    arguments = [(b"key", amp.Unicode())]
+    response = [(b"found", amp.Boolean()), (b"value", amp.String())]
+
+
+class GuestInfoSet(amp.Command):
+    arguments = [(b"key", amp.Unicode()), (b"value", amp.String())]
+    response: list[tuple[bytes, amp.Argument]] = []
+
+
+class ControlServer(amp.AMP):
+    """Answers control commands against one VMX."""
+
+    def __init__(self, vmx: VMX) -> None:
+        super().__init__()
+        self.vmx = vmx
+
+    @Status.responder
+    def status(self) -> dict[str, str]:
+        return {"status": json.dumps(self.vmx.status())}
+
+    @SendTCLO.responder
+    def send_tclo(self, command: bytes, timeout: float) -> object:
+        return self.vmx.send(command, timeout).addCallback(lambda reply: {"reply": reply})
+
+    @GuestInfoGet.responder
+    def guestinfo_get(self, key: str) -> dict[str, object]:
+        value = self.vmx.guestinfo.get(key)
+        return {"found": value is not None, "value": value or b""}
+
+    @GuestInfoSet.responder
+    def guestinfo_set(self, key: str, value: bytes) -> dict[str, object]:
+        self.vmx.guestinfo[key] = value
+        return {}
+
+
+class ControlClient(amp.AMP):
+    """The client end: names the channel, then speaks AMP."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(StreamKind.CONTROL.preamble)  # type: ignore[union-attr]
+        super().connectionMade()

@@ -1,0 +1,172 @@
+"""The simulated VMX: guestinfo, tools status, the TCLO queue, and a log of every RPC."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ..codecs.tclo import TCLOError, parse_reply
+from .rpci_server import RPCIServer, ToolsState
+from .tclo_queue import DEFAULT_TIMEOUT, TCLOQueue
+
+RUNNING = "guestToolsRunning"
+NOT_RUNNING = "guestToolsNotRunning"
+PING_INTERVAL = 5.0
+STALE_AFTER = 15.0  # three missed pings: the tools are no longer running
+LOG_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class RPCRecord:
+    """One RPC as the VMX saw it.  ``direction``: 'rpci-in' (guest request),
+    'rpci-out' (VMX reply), 'tclo-out' (command), 'tclo-in' (guest reply)."""
+
+    when: float
+    direction: str
+    channel: str
+    data: bytes
+
+
+class VMX:
+    """One virtual machine's VMX, as the guest tools see it.
+
+    Channels (stream connections, backdoor message channels) report to it
+    with `rpci`, `tclo_connected`, `tclo_disconnected` and `guest_alive`.
+    Observers added with `observe` see every `RPCRecord` (``--trace``).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        ping_interval: float = PING_INTERVAL,
+        stale_after: float = STALE_AFTER,
+        tclo_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.clock = clock
+        self.guestinfo: dict[str, bytes] = {}
+        self.tools = ToolsState()
+        self.rpci_server = RPCIServer(self.guestinfo, self.tools)
+        self.tclo = TCLOQueue(clock)
+        self.tclo_timeout = tclo_timeout
+        self.records: deque[RPCRecord] = deque(maxlen=LOG_LIMIT)
+        self._observers: list[Callable[[RPCRecord], None]] = []
+        self._ping_interval = ping_interval
+        self._stale_after = stale_after
+        self._last_alive: float | None = None
+        self._connections = 0
+        self._pinger = LoopingCall(self._ping)
+        self._pinger.clock = clock
+        self.connected_channels: set[str] = set()
+
+    # -- what channels call
+
+    def rpci(self, request: bytes, channel: str = "rpci") -> bytes:
+        self._record("rpci-in", channel, request)
+        reply = self.rpci_server.handle(request)
+        self._record("rpci-out", channel, reply)
+        return reply
+
+    def tclo_connected(self, channel: str) -> None:
+        """A TCLO channel appeared: greet the guest the way a VMX does, then keep pinging."""
+        self._connections += 1
+        self.connected_channels.add(channel)
+        self.send(b"reset").addErrback(lambda _: None)
+        self.send(b"ping").addErrback(lambda _: None)
+        if not self._pinger.running:
+            self._pinger.start(self._ping_interval, now=False)
+
+    def tclo_disconnected(self, channel: str) -> None:
+        self._connections = max(0, self._connections - 1)
+        self.connected_channels.discard(channel)
+        if self._connections == 0:
+            self._last_alive = None
+            if self._pinger.running:
+                self._pinger.stop()
+
+    def guest_alive(self) -> None:
+        """A reply, a heartbeat or a poll: the tools are there."""
+        self._last_alive = self.clock.seconds()
+
+    def tclo_reply(self, data: bytes, channel: str = "tclo") -> None:
+        self._record("tclo-in", channel, data)
+        self.guest_alive()
+        if not self.tclo.reply(data):
+            self.log.info("dropping TCLO reply nobody waits for: {data!r}", data=data[:60])
+
+    def tclo_sent(self, command: bytes, channel: str = "tclo") -> None:
+        self._record("tclo-out", channel, command)
+
+    # -- what users call
+
+    def send(self, command: bytes, timeout: float | None = None) -> Deferred[bytes]:
+        """Queue a TCLO command; fires with the guest's whole reply."""
+        return self.tclo.send(command, self.tclo_timeout if timeout is None else timeout)
+
+    def observe(self, observer: Callable[[RPCRecord], None]) -> None:
+        self._observers.append(observer)
+
+    @property
+    def running(self) -> bool:
+        if self._last_alive is None or not self._connections:
+            return False
+        return self.clock.seconds() - self._last_alive <= self._stale_after
+
+    def status(self) -> dict[str, object]:
+        """What vSphere would show: guest.* keys, plus the guestinfo store."""
+        version = self.tools.version
+        status: dict[str, object] = {
+            "guest.toolsRunningStatus": RUNNING if self.running else NOT_RUNNING,
+            "guest.toolsVersionStatus": _version_status(version),
+            "guest.toolsVersion": str(version if version is not None else 0),
+            "guest.ipAddress": self.guestinfo.get("guestinfo.ip", b"").decode("utf-8", "replace") or None,
+            "guest.toolsCapabilities": dict(self.tools.capabilities),
+            "vmx.tcloChannels": sorted(self.connected_channels),
+        }
+        for key, value in sorted(self.guestinfo.items()):
+            status[key] = value.decode("utf-8", "replace")
+        return status
+
+    def stop(self) -> None:
+        if self._pinger.running:
+            self._pinger.stop()
+
+    # -- internals
+
+    def _ping(self) -> None:
+        if self.tclo.busy:
+            return  # the guest is working on a command; its reply will count as alive
+        ensureDeferred(self._ping_once())
+
+    async def _ping_once(self) -> None:
+        try:
+            reply = await self.send(b"ping", timeout=self._stale_after)
+            parse_reply(reply)
+        except TCLOError:
+            self.log.warn("guest answered ping with garbage")
+        except Exception as error:
+            self.log.info("ping failed: {error}", error=str(error))
+
+    def _record(self, direction: str, channel: str, data: bytes) -> None:
+        record = RPCRecord(time.time(), direction, channel, data)
+        self.records.append(record)
+        for observer in self._observers:
+            observer(record)
+
+
+def _version_status(version: int | None) -> str:
+    # vSphere's names; the unmanaged marker is what open-vm-tools reports by default.
+    if version is None:
+        return "guestToolsNotInstalled"
+    if version == 2147483647:
+        return "guestToolsUnmanaged"
+    return "guestToolsCurrent"

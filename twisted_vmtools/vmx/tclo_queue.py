@@ -1,0 +1,143 @@
+"""The VMX's TCLO queue: commands go to the guest one at a time, each with a Deferred."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class TCLOTimeout(Exception):
+    """The guest did not answer a TCLO command in time."""
+
+
+class GuestGone(Exception):
+    """The guest's TCLO channel closed while a command was in flight."""
+
+
+@dataclass
+class _Pending:
+    command: bytes
+    reply: Deferred[bytes]
+    timeout: float
+    timer: IDelayedCall | None = None
+    sent: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class TCLOQueue:
+    """Serial TCLO delivery, for guests that poll (backdoor) or are pushed to (streams).
+
+    `send` queues a command and returns a Deferred firing with the guest's
+    whole reply (``OK …``/``ERROR …``).  A push channel registers a `pusher`
+    and gets each command as soon as the guest is free; a polling channel
+    calls `take` on each poll.  Either way one command is in flight at a
+    time; the next goes only after the reply (`reply`) or its timeout.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._queue: deque[_Pending] = deque()
+        self._inflight: _Pending | None = None
+        self._pusher: object | None = None
+
+    def send(self, command: bytes, timeout: float = DEFAULT_TIMEOUT) -> Deferred[bytes]:
+        pending = _Pending(command, Deferred(lambda _: self._cancel(pending)), timeout)
+        # The timeout runs from queueing: a guest that never polls must not hang the caller.
+        pending.timer = self._clock.callLater(timeout, self._expire, pending)
+        self._queue.append(pending)
+        self._push()
+        return pending.reply
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight is not None
+
+    def attach(self, pusher: object) -> None:
+        """A push channel connected: ``pusher.push(command)`` is called for each command."""
+        self._pusher = pusher
+        self._push()
+
+    def detach(self, pusher: object) -> None:
+        """The channel went away: the command in flight fails, the queue waits for the next one."""
+        if self._pusher is pusher:
+            self._pusher = None
+            self.abandon(GuestGone("the guest's TCLO channel closed"))
+
+    def take(self) -> bytes | None:
+        """For polling channels: the next command to deliver, if the guest is free."""
+        if self._inflight is not None or not self._queue:
+            return None
+        self._inflight = self._queue.popleft()
+        self._inflight.sent = True
+        return self._inflight.command
+
+    def put_back(self) -> None:
+        """The guest refused delivery (error ack): offer the same command again."""
+        if self._inflight is not None:
+            pending, self._inflight = self._inflight, None
+            pending.sent = False
+            self._queue.appendleft(pending)
+
+    def reply(self, data: bytes) -> bool:
+        """The guest's answer to the command in flight; False if none was."""
+        pending, self._inflight = self._inflight, None
+        if pending is None:
+            return False
+        self._settle(pending)
+        pending.reply.callback(data)
+        self._push()
+        return True
+
+    def _push(self) -> None:
+        if self._pusher is None or self._inflight is not None:
+            return
+        command = self.take()
+        if command is not None:
+            self._pusher.push(command)  # type: ignore[attr-defined]
+
+    def _settle(self, pending: _Pending) -> None:
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        pending.timer = None
+
+    def _expire(self, pending: _Pending) -> None:
+        pending.timer = None
+        self._drop(pending)
+        pending.reply.errback(TCLOTimeout(f"no reply to {pending.command[:40]!r} within {pending.timeout} s"))
+
+    def _cancel(self, pending: _Pending) -> None:
+        self._settle(pending)
+        self._drop(pending)
+
+    def _drop(self, pending: _Pending) -> None:
+        if self._inflight is pending:
+            # A late reply to this command will find nothing in flight and be dropped.
+            self._inflight = None
+            self.log.warn("TCLO command {command!r} abandoned", command=pending.command[:40])
+        elif pending in self._queue:
+            self._queue.remove(pending)
+        self._push()
+
+    def abandon(self, error: Exception) -> None:
+        """The command in flight will never be answered (its channel closed)."""
+        pending, self._inflight = self._inflight, None
+        if pending is not None:
+            self._settle(pending)
+            pending.reply.errback(error)
+
+    def fail_all(self, error: Exception) -> None:
+        self.abandon(error)
+        while self._queue:
+            pending = self._queue.popleft()
+            self._settle(pending)
+            pending.reply.errback(error)
+
+
