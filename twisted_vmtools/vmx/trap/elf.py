@@ -65,8 +65,8 @@ class ObjectInfo:
     has_backdoor: bool
     # File offsets of verified `cpuid` instructions (only if has_backdoor).
     cpuid_offsets: list[int] = field(default_factory=list)
-    # Expected bytes at each offset, for verification before patching.
-    symbols: dict[str, int] = field(default_factory=dict)
+    # File offsets of the dynamic symbols asked for (None: not defined).
+    symbols: dict[str, int | None] = field(default_factory=dict)
 
 
 class ELFFile:
@@ -228,11 +228,11 @@ def analyse(path: str, symbols: tuple[str, ...] = ()) -> ObjectInfo:
         has_backdoor=has_backdoor,
         cpuid_offsets=elf.cpuid_offsets() if has_backdoor else [],
     )
+    if cached is not None:
+        info.symbols.update(cached.symbols)
     for name in symbols:
         value = elf.dynamic_symbol(name)
-        offset = elf.vaddr_to_offset(value) if value is not None else None
-        if offset is not None:
-            info.symbols[name] = offset
+        info.symbols[name] = elf.vaddr_to_offset(value) if value is not None else None
     with _cache_lock:
         _cache[key] = info
     return info

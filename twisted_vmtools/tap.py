@@ -1,0 +1,62 @@
+"""``twistd vmtools``: options and service construction (the plugin lives in twisted/plugins)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from .channels.interfaces import IGuestChannel
+from .service import ToolsService
+
+
+def default_simulator_socket() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"vmtools-sim-{os.getuid()}.sock")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the VMware guest tools.  Inside a VMware VM the default transport (auto) picks vsock, then "
+        "the backdoor.  Elsewhere use --simulate (an embedded simulated VMX) or --transport unix:PATH "
+        "to reach a running `vmtools-sim serve`."
+    )
+    optParameters = [
+        ["transport", "t", "auto", "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"],
+        ["socket", "s", None, "with --simulate: where the embedded VMX listens (default: a per-user path)"],
+        ["primary-ip", None, None, "the address reported for Set_Option broadcastIP (default: first usable IPv4)"],
+    ]
+    optFlags = [
+        ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
+        ["trace", None, "log every RPC in both directions"],
+    ]
+
+
+def make_channel(reactor: object, transport: str) -> IGuestChannel:
+    """The channel ``--transport`` names (see twisted_vmtools.channels.select)."""
+    from .channels.select import make_channel as select_channel
+
+    return select_channel(transport, reactor)
+
+
+def makeService(options: Options, reactor: object | None = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    trace = bool(options["trace"])
+    if options["simulate"]:
+        from .channels.stream import StreamChannel
+        from .vmx.simulator import SimulatorService, client_description
+
+        where = options["socket"] or default_simulator_socket()
+        top = MultiService()
+        SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
+        channel: IGuestChannel = StreamChannel(reactor, client_description(where))  # type: ignore[arg-type]
+        ToolsService(reactor, channel, primary_ip=options["primary-ip"], trace=trace).setServiceParent(top)
+        return top
+    channel = make_channel(reactor, options["transport"])
+    return ToolsService(reactor, channel, primary_ip=options["primary-ip"], trace=trace)

@@ -1,0 +1,149 @@
+"""``vmtools-sim``: run a simulated VMX, and talk to a running one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.task import react
+from twisted.logger import globalLogBeginner, textFileLogObserver
+
+from ..tap import default_simulator_socket
+from .control import ControlClient, GuestInfoGet, GuestInfoSet, SendTCLO, Status
+from .simulator import client_description
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmtools-sim", description="A simulated VMware VMX for guest tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--socket", default=default_simulator_socket(), help="the simulator's socket path")
+        return p
+
+    serve = with_socket(sub.add_parser("serve", help="run a VMX for one guest"))
+    serve.add_argument("--trace", action="store_true", help="print every RPC in both directions")
+    serve.add_argument("--ping-interval", type=float, default=5.0, help="seconds between TCLO pings")
+    serve.add_argument("--trap", action="store_true", help="run the command after -- as the guest, trapped")
+    serve.add_argument("program", nargs=argparse.REMAINDER, help="with --trap: -- CMD [ARGS...]")
+
+    status = with_socket(sub.add_parser("status", help="what the VMX sees of the guest"))
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    tclo = with_socket(sub.add_parser("tclo", help="send a TCLO command, print the guest's reply"))
+    tclo.add_argument("tclo_command", metavar="COMMAND")
+    tclo.add_argument("--timeout", type=float, default=30.0)
+
+    guestinfo = with_socket(sub.add_parser("guestinfo", help="read or write the guestinfo store"))
+    guestinfo.add_argument("action", choices=["get", "set"])
+    guestinfo.add_argument("key")
+    guestinfo.add_argument("value", nargs="?")
+
+    demo = sub.add_parser("demo", help="run our guest tools against an embedded VMX and show what it sees")
+    demo.add_argument("--socket", default=None, help="socket path (default: a temporary one)")
+
+    run = sub.add_parser("run", help="run a program as a trapped guest of its own VMX; exit with its code")
+    run.add_argument("--trace", action="store_true")
+    run.add_argument("program", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    return parser
+
+
+def _program(args: argparse.Namespace) -> list[str]:
+    program = list(args.program)
+    if program and program[0] == "--":
+        program = program[1:]
+    return program
+
+
+async def _control(reactor: object, where: str) -> ControlClient:
+    endpoint = clientFromString(reactor, client_description(where))
+    try:
+        return await connectProtocol(endpoint, ControlClient())
+    except Exception as error:
+        raise SystemExit(f"vmtools-sim: no simulator at {where}: {error}") from None
+
+
+async def _status(reactor: object, args: argparse.Namespace) -> int:
+    client = await _control(reactor, args.socket)
+    status = json.loads((await client.callRemote(Status))["status"])
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        for key, value in status.items():
+            print(f"{key:32} {value}")
+    return 0
+
+
+async def _tclo(reactor: object, args: argparse.Namespace) -> int:
+    client = await _control(reactor, args.socket)
+    try:
+        result = await client.callRemote(SendTCLO, command=args.tclo_command.encode(), timeout=args.timeout)
+    except Exception as error:
+        print(f"vmtools-sim: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(result["reply"] + b"\n")
+    return 0
+
+
+async def _guestinfo(reactor: object, args: argparse.Namespace) -> int:
+    client = await _control(reactor, args.socket)
+    if args.action == "set":
+        if args.value is None:
+            raise SystemExit("vmtools-sim: guestinfo set needs KEY VALUE")
+        await client.callRemote(GuestInfoSet, key=args.key, value=args.value.encode())
+        return 0
+    result = await client.callRemote(GuestInfoGet, key=args.key)
+    if not result["found"]:
+        print("No value found", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(result["value"] + b"\n")
+    return 0
+
+
+def _start_logging(verbose: bool) -> None:
+    if verbose:
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
+async def _main(reactor: object, argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return await _status(reactor, args)
+    if args.command == "tclo":
+        return await _tclo(reactor, args)
+    if args.command == "guestinfo":
+        return await _guestinfo(reactor, args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return await run_demo(reactor, args.socket)
+    if args.command == "serve":
+        from .serve import serve
+
+        _start_logging(True)
+        return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
+                           trap=_program(args) if args.trap else None)
+    if args.command == "run":
+        from .serve import run_trapped
+
+        _start_logging(args.trace)
+        return await run_trapped(reactor, _program(args), trace=args.trace)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+
+    def start(reactor: object) -> Deferred[int]:
+        return ensureDeferred(_main(reactor, arguments)).addCallback(_exit_code)
+
+    react(start)
+
+
+def _exit_code(code: int) -> None:
+    if code:
+        raise SystemExit(code)

@@ -1,0 +1,93 @@
+"""`vmtools-sim serve` and `vmtools-sim run`: a VMX on a socket, optionally with a trapped guest."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+
+from ..codecs.backdoor import Registers
+from .backdoor import BackdoorHost
+from .endpoints import backdoor_endpoints
+from .model import VMX
+from .simulator import SimulatorService
+
+log = Logger()
+
+
+class ReactorBackdoorHost:
+    """An `IBackdoorHost` for the trap engine's thread: every call runs in the reactor thread.
+
+    The VMX's state (TCLO queue, Deferreds) belongs to the reactor, and a
+    trapped instruction must block until the VMX has answered, which is
+    exactly `blockingCallFromThread`.
+    """
+
+    def __init__(self, reactor: object, host: BackdoorHost) -> None:
+        self._reactor = reactor
+        self._host = host
+
+    def low_bandwidth(self, owner: int, regs: Registers) -> Registers | None:
+        return blockingCallFromThread(self._reactor, self._host.low_bandwidth, owner, regs)  # type: ignore[arg-type]
+
+    def high_bandwidth_out(self, owner: int, regs: Registers, data: bytes) -> Registers:
+        return blockingCallFromThread(  # type: ignore[no-any-return]
+            self._reactor, self._host.high_bandwidth_out, owner, regs, data  # type: ignore[arg-type]
+        )
+
+    def high_bandwidth_in(self, owner: int, regs: Registers) -> tuple[Registers, bytes]:
+        return blockingCallFromThread(  # type: ignore[no-any-return]
+            self._reactor, self._host.high_bandwidth_in, owner, regs  # type: ignore[arg-type]
+        )
+
+    def owner_exited(self, owner: int) -> None:
+        blockingCallFromThread(self._reactor, self._host.owner_exited, owner)  # type: ignore[arg-type]
+
+
+def trapped_host(reactor: object, vmx: VMX) -> ReactorBackdoorHost:
+    return ReactorBackdoorHost(reactor, BackdoorHost(backdoor_endpoints(vmx)))  # type: ignore[arg-type]
+
+
+async def run_program(reactor: object, vmx: VMX, program: list[str]) -> int:
+    """Run ``program`` under the trap engine as a guest of ``vmx``; its exit code."""
+    from .trap import spawn_trapped
+
+    if not program:
+        raise SystemExit("vmtools-sim: give the program to run after --")
+    trapped = spawn_trapped(reactor, trapped_host(reactor, vmx), program)
+    try:
+        return int(await trapped.ended)
+    finally:
+        trapped.terminate()
+
+
+async def serve(
+    reactor: IReactorTime,
+    where: str,
+    *,
+    trace: bool = False,
+    ping_interval: float = 5.0,
+    trap: list[str] | None = None,
+) -> int:
+    vmx = VMX(reactor, ping_interval=ping_interval)
+    simulator = SimulatorService(reactor, where, vmx=vmx, trace=trace)
+    simulator.startService()
+    try:
+        if trap is not None:
+            code = await run_program(reactor, vmx, trap)
+            log.info("trapped guest exited with {code}", code=code)
+            return code
+        forever: Deferred[int] = Deferred()
+        return await forever
+    finally:
+        await simulator.stopService()
+
+
+async def run_trapped(reactor: IReactorTime, program: list[str], *, trace: bool = False) -> int:
+    """`vmtools-sim run`: a private VMX (socket in a temporary directory) for one program."""
+    with tempfile.TemporaryDirectory(prefix="vmtools-sim-") as directory:
+        return await serve(reactor, os.path.join(directory, "vmx.sock"), trace=trace, trap=program)
