@@ -1,0 +1,361 @@
+"""BackdoorChannel against an in-memory BackdoorHost, its clock a `Clock`."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from twisted_vmtools.channels.backdoor import (
+    HANDLER_FAILED,
+    BackdoorChannel,
+    host_executor,
+    hypercall_dx,
+)
+from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITCLOHandler
+from twisted_vmtools.codecs.backdoor import BDOOR_PORT, BDOORHB_PORT, Registers, pack16
+from twisted_vmtools.codecs.message import (
+    PROTO_RPCI,
+    PROTO_TCLO,
+    BackdoorCall,
+    BackdoorOp,
+    BackdoorResult,
+    MessageType,
+    Status,
+)
+
+from .fakes import GARBAGE, FakeVMX, Interposer, message_type, status_reply
+
+
+def result_of(d: Deferred[bytes]) -> bytes:
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    assert isinstance(results[0], bytes)
+    return results[0]
+
+
+def failure_of(d: Deferred[bytes]) -> Failure:
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results and isinstance(results[0], Failure)
+    return results[0]
+
+
+def make(high_bandwidth: bool = True) -> tuple[FakeVMX, Interposer, Clock, BackdoorChannel]:
+    vmx = FakeVMX(high_bandwidth=high_bandwidth)
+    executor = Interposer(host_executor(vmx.host))
+    clock = Clock()
+    return vmx, executor, clock, BackdoorChannel(executor, clock)
+
+
+def is_type(kind: MessageType):  # noqa: ANN201
+    return lambda call: message_type(call) is kind
+
+
+def is_op(op: BackdoorOp):  # noqa: ANN201
+    return lambda call: call.op is op
+
+
+def test_provides_interface() -> None:
+    _, _, _, channel = make()
+    assert verifyObject(IGuestChannel, channel)
+    assert channel.name == "backdoor"
+
+
+# -- RPCI
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 22, 1000])
+def test_rpci_low_bandwidth(size: int) -> None:
+    vmx, executor, _, channel = make(high_bandwidth=False)
+    request = bytes(range(256))[:size]
+    assert result_of(channel.rpci(request)) == b"1 " + request
+    assert vmx.rpci.requests == [request]
+    ops = executor.ops()
+    assert "hb-out" not in ops and "hb-in" not in ops
+    assert ops.count("SENDPAYLOAD") == (len(request) + 3) // 4
+    assert ops.count("RECVPAYLOAD") == (len(request) + 2 + 3) // 4
+
+
+def test_rpci_high_bandwidth() -> None:
+    vmx, executor, _, channel = make(high_bandwidth=True)
+    request = b"info-set guestinfo.x " + b"y" * 5000
+    assert result_of(channel.rpci(request)) == b"1 " + request
+    assert executor.ops() == ["OPEN", "SENDSIZE", "hb-out", "RECVSIZE", "hb-in", "RECVSTATUS"]
+    assert vmx.host.counts["hb.out"] == 1
+
+
+def test_rpci_channel_is_persistent() -> None:
+    vmx, _, _, channel = make()
+    for i in range(3):
+        assert result_of(channel.rpci(b"call %d" % i)) == b"1 call %d" % i
+    assert vmx.opens == [PROTO_RPCI]
+
+
+@pytest.mark.parametrize("high_bandwidth", [False, True])
+@pytest.mark.parametrize(
+    "where",
+    [
+        is_type(MessageType.SENDPAYLOAD),
+        is_type(MessageType.RECVPAYLOAD),
+        is_type(MessageType.RECVSTATUS),
+        is_op(BackdoorOp.HB_OUT),
+        is_op(BackdoorOp.HB_IN),
+    ],
+)
+def test_rpci_checkpoint_retries(high_bandwidth: bool, where) -> None:  # noqa: ANN001
+    vmx, executor, _, channel = make(high_bandwidth=high_bandwidth)
+    executor.once(where, lambda call: status_reply(call, Status.CPT))
+    assert result_of(channel.rpci(b"checkpointed request")) == b"1 checkpointed request"
+    # A checkpoint restarts the transfer; it is not an error that reopens the channel.
+    assert vmx.opens == [PROTO_RPCI]
+    assert vmx.rpci.closes == 0
+
+
+def test_rpci_reopens_once_after_failure() -> None:
+    vmx, executor, _, channel = make()
+    result_of(channel.rpci(b"first"))
+    executor.once(is_type(MessageType.RECVSIZE), lambda call: BackdoorResult(GARBAGE))
+    assert result_of(channel.rpci(b"second")) == b"1 second"
+    assert vmx.opens == [PROTO_RPCI, PROTO_RPCI]
+    assert vmx.rpci.closes == 1
+
+
+def test_rpci_gives_up_after_the_second_failure() -> None:
+    vmx, executor, _, channel = make()
+    executor.rules.append(lambda call: BackdoorResult(GARBAGE) if message_type(call) is MessageType.SENDSIZE else None)
+    failure = failure_of(channel.rpci(b"doomed"))
+    assert failure.check(ChannelError)
+    executor.rules.clear()
+    assert result_of(channel.rpci(b"later")) == b"1 later"
+
+
+def test_rpci_vmx_refuses_to_open() -> None:
+    vmx, executor, _, channel = make()
+    vmx.refuse = True
+    assert failure_of(channel.rpci(b"hello")).check(ChannelError)
+    # Two attempts, each trying with and then without cookies.
+    assert executor.ops() == ["OPEN"] * 4
+
+
+def test_rpci_garbage_everywhere_fails_cleanly() -> None:
+    _, executor, _, channel = make()
+    executor.rules.append(lambda call: BackdoorResult(GARBAGE))
+    assert failure_of(channel.rpci(b"hello")).check(ChannelError)
+
+
+def test_rpci_executor_raising_is_a_channel_error() -> None:
+    def broken(call: BackdoorCall) -> BackdoorResult:
+        raise OSError("refusing to execute a backdoor instruction")
+
+    channel = BackdoorChannel(broken, Clock())
+    failure = failure_of(channel.rpci(b"hello"))
+    assert failure.check(ChannelError)
+    assert "refusing" in failure.getErrorMessage()
+
+
+def test_rpci_short_hb_read_is_an_error() -> None:
+    _, executor, _, channel = make()
+    executor.once(is_op(BackdoorOp.HB_IN), lambda call: BackdoorResult(call.regs.with_(bx=pack16(1, 0)), b"1"))
+    # First attempt fails on the short read; the reopened channel succeeds.
+    assert result_of(channel.rpci(b"abc")) == b"1 abc"
+
+
+def test_rpci_after_stop_fails() -> None:
+    vmx, _, _, channel = make()
+    result_of(channel.rpci(b"x"))
+    channel.stop()
+    assert vmx.rpci.closes == 1
+    assert failure_of(channel.rpci(b"y")).check(ChannelError)
+
+
+# -- TCLO
+
+
+@implementer(ITCLOHandler)
+class Handler:
+    def __init__(self, answer=None) -> None:  # noqa: ANN001
+        self.commands: list[bytes] = []
+        self.pending: list[Deferred[bytes]] = []
+        self.answer = answer
+
+    def handle(self, command: bytes) -> Deferred[bytes]:
+        self.commands.append(command)
+        if self.answer is not None:
+            return self.answer(command)
+        d: Deferred[bytes] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def immediate(command: bytes) -> Deferred[bytes]:
+    return defer.succeed(b"OK " + command)
+
+
+def test_tclo_idle_backoff() -> None:
+    vmx, _, clock, channel = make()
+    channel.start(Handler(immediate))
+    assert vmx.tclo.polls == 0
+    clock.advance(0)
+    assert vmx.tclo.received == [b""]
+    expected = [0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
+    for n, delay in enumerate(expected, start=2):
+        clock.advance(delay - 0.001)
+        assert vmx.tclo.polls == n - 1, f"poll {n} came early"
+        clock.advance(0.001)
+        assert vmx.tclo.polls == n, f"poll {n} did not come after {delay}"
+    assert vmx.opens == [PROTO_TCLO]
+
+
+@pytest.mark.parametrize("high_bandwidth", [False, True])
+def test_tclo_command_then_immediate_poll(high_bandwidth: bool) -> None:
+    vmx, _, clock, channel = make(high_bandwidth)
+    handler = Handler(immediate)
+    channel.start(handler)
+    clock.advance(0)
+    for _ in range(4):  # back off for a while
+        clock.advance(0.1)
+    vmx.tclo.commands.append(b"reset")
+    vmx.tclo.commands.append(b"ping")
+    polls = vmx.tclo.polls
+    # Clock runs the 0 ms re-polls within the same advance: each reply rides the
+    # poll that fetches the next command, then an empty poll carries the last one.
+    clock.advance(0.1)
+    assert handler.commands == [b"reset", b"ping"]
+    assert vmx.tclo.received[polls:] == [b"", b"OK reset", b"OK ping"]
+    assert vmx.tclo.delivered == [b"reset", b"ping"]
+    # Back to an idle poll, and the back-off starts over at 10 ms.
+    polls = vmx.tclo.polls
+    clock.advance(0.01)
+    assert vmx.tclo.polls == polls + 1
+
+
+def test_tclo_pending_handler_holds_the_next_poll() -> None:
+    vmx, _, clock, channel = make()
+    handler = Handler()
+    channel.start(handler)
+    vmx.tclo.commands.append(b"Vix_1_Relayed_Command slow")
+    clock.advance(0)
+    assert handler.commands == [b"Vix_1_Relayed_Command slow"]
+    polls = vmx.tclo.polls
+    assert not channel.polling
+    clock.advance(60)
+    assert vmx.tclo.polls == polls
+    handler.pending[0].callback(b"OK done")
+    assert channel.polling
+    clock.advance(0)
+    assert vmx.tclo.replies == [b"OK done"]
+
+
+def test_tclo_binary_command() -> None:
+    vmx, _, clock, channel = make()
+    handler = Handler(immediate)
+    channel.start(handler)
+    command = b"f " + bytes(range(256)) * 10
+    vmx.tclo.commands.append(command)
+    clock.advance(0)
+    assert handler.commands == [command]
+
+
+def test_tclo_handler_failure_answers_error() -> None:
+    vmx, _, clock, channel = make()
+
+    def boom(command: bytes) -> Deferred[bytes]:
+        raise RuntimeError("boom")
+
+    channel.start(Handler(boom))
+    vmx.tclo.commands.append(b"explode")
+    clock.advance(0)
+    clock.advance(0)
+    assert vmx.tclo.replies == [HANDLER_FAILED]
+
+
+def test_tclo_error_backoff_and_reopen() -> None:
+    vmx, executor, clock, channel = make()
+    vmx.refuse = True
+    channel.start(Handler(immediate))
+    clock.advance(0)
+    assert vmx.opens == [PROTO_TCLO, PROTO_TCLO]  # cookie, then no cookie: refused
+    clock.advance(4.9)
+    assert len(vmx.opens) == 2
+    clock.advance(0.1)
+    assert len(vmx.opens) == 4
+    vmx.refuse = False
+    clock.advance(5)
+    assert len(vmx.opens) == 5
+    assert vmx.tclo.received == [b""]
+    # Idle back-off starts over after an error.
+    clock.advance(0.01)
+    assert vmx.tclo.polls == 2
+
+
+def test_tclo_garbage_mid_session_reopens_after_5s() -> None:
+    vmx, executor, clock, channel = make()
+    channel.start(Handler(immediate))
+    clock.advance(0)
+    executor.once(is_type(MessageType.RECVSIZE), lambda call: BackdoorResult(GARBAGE))
+    clock.advance(0.01)
+    assert vmx.tclo.closes == 1  # the suspect channel is closed
+    polls = vmx.tclo.polls
+    clock.advance(4.99)
+    assert vmx.tclo.polls == polls
+    clock.advance(0.01)
+    assert vmx.tclo.polls == polls + 1
+    assert vmx.opens == [PROTO_TCLO, PROTO_TCLO]
+
+
+def test_tclo_checkpoint_during_command_receive() -> None:
+    vmx, executor, clock, channel = make(high_bandwidth=False)
+    handler = Handler(immediate)
+    channel.start(handler)
+    vmx.tclo.commands.append(b"Set_Option broadcastIP 1")
+    executor.once(is_type(MessageType.RECVPAYLOAD), lambda call: status_reply(call, Status.CPT))
+    clock.advance(0)
+    assert handler.commands == [b"Set_Option broadcastIP 1"]
+    assert vmx.opens == [PROTO_TCLO]
+
+
+def test_tclo_stop() -> None:
+    vmx, _, clock, channel = make()
+    handler = Handler()
+    channel.start(handler)
+    vmx.tclo.commands.append(b"reset")
+    clock.advance(0)
+    stopped: list[object] = []
+    channel.stop().addBoth(stopped.append)
+    assert stopped == [None]
+    assert vmx.tclo.closes == 1
+    handler.pending[0].callback(b"OK ATR toolbox")  # too late: nobody polls any more
+    clock.advance(10)
+    assert vmx.tclo.replies == []
+    assert not clock.getDelayedCalls()
+
+
+def test_tclo_start_twice_is_an_error() -> None:
+    _, _, _, channel = make()
+    channel.start(Handler(immediate))
+    with pytest.raises(RuntimeError):
+        channel.start(Handler(immediate))
+
+
+# -- the hypercall register convention
+
+
+@pytest.mark.parametrize(
+    ("op", "port", "flags"),
+    [
+        (BackdoorOp.LOW_BANDWIDTH, BDOOR_PORT, 0),
+        (BackdoorOp.HB_OUT, BDOORHB_PORT, 3),
+        (BackdoorOp.HB_IN, BDOORHB_PORT, 1),
+    ],
+)
+def test_hypercall_dx(op: BackdoorOp, port: int, flags: int) -> None:
+    call = BackdoorCall(op, Registers(dx=pack16(5, port)))
+    assert hypercall_dx(call) == pack16(5, flags)

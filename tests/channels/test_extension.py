@@ -1,0 +1,61 @@
+"""The C extension builds and answers CPUID; no backdoor instruction is executed here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_backdoor = pytest.importorskip(
+    "twisted_vmtools._backdoor", reason="build it first: python setup.py build_ext --inplace"
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_api() -> None:
+    for name in ("lb", "hb_out", "hb_in", "cpuid", "vmware"):
+        assert callable(getattr(_backdoor, name))
+    assert (_backdoor.MODE_PORT, _backdoor.MODE_VMCALL, _backdoor.MODE_VMMCALL) == (0, 1, 2)
+
+
+@pytest.mark.skipif(not getattr(_backdoor, "SUPPORTED", 0), reason="x86-64 Linux only")
+def test_cpuid_vendor() -> None:
+    _, ebx, ecx, edx = _backdoor.cpuid(0)
+    vendor = b"".join(v.to_bytes(4, "little") for v in (ebx, edx, ecx))
+    assert vendor in (b"GenuineIntel", b"AuthenticAMD", b"HygonGenuine", b"CentaurHauls")
+
+
+def test_arguments_checked_before_anything_runs() -> None:
+    # These fail in argument checking, ahead of the CPUID guard and the instruction.
+    with pytest.raises(ValueError):
+        _backdoor.lb(0, 0, 0, 0, 0, 0, 7)
+    with pytest.raises(ValueError):
+        _backdoor.hb_in(0, 0, 0, 0, 0, -1)
+    with pytest.raises(TypeError):
+        _backdoor.hb_out(0, 0, 0, 0, 0, "not bytes")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_extension_builds(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            str(tmp_path / "lib"),
+            "--build-temp",
+            str(tmp_path / "tmp"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "lib" / "twisted_vmtools").glob("_backdoor*.so"))
