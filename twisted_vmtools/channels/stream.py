@@ -36,6 +36,9 @@ MALFORMED_REPLY = b"ERROR malformed packet"
 class GuestTCLOProtocol(PacketProtocol):
     """The guest's end of a TCLO connection: answer each command, then keep a heartbeat."""
 
+    # What the guest writes first to name the channel; empty where the port says it (vsock).
+    preamble = StreamKind.TCLO.preamble
+
     def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
         super().__init__()
         self._handler = handler
@@ -47,7 +50,8 @@ class GuestTCLOProtocol(PacketProtocol):
 
     def connectionMade(self) -> None:
         self._connected = True
-        self.transport.write(StreamKind.TCLO.preamble)  # type: ignore[union-attr]
+        if self.preamble:
+            self.transport.write(self.preamble)  # type: ignore[union-attr]
 
     def packetReceived(self, packet: VsockPacket) -> None:
         if packet.type is PacketType.PING or packet.payload is None:
@@ -96,13 +100,16 @@ class GuestTCLOProtocol(PacketProtocol):
 class GuestRPCIProtocol(PacketProtocol):
     """The guest's end of an RPCI connection: requests out, replies back in order."""
 
+    preamble = StreamKind.RPCI.preamble
+
     def __init__(self) -> None:
         super().__init__()
         self._waiting: deque[Deferred[bytes]] = deque()
         self.lost = False
 
     def connectionMade(self) -> None:
-        self.transport.write(StreamKind.RPCI.preamble)  # type: ignore[union-attr]
+        if self.preamble:
+            self.transport.write(self.preamble)  # type: ignore[union-attr]
 
     def request(self, data: bytes) -> Deferred[bytes]:
         if self.lost:
