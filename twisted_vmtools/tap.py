@@ -37,9 +37,20 @@ class Options(usage.Options):
 
 def make_channel(reactor: object, transport: str) -> IGuestChannel:
     """The channel ``--transport`` names (see twisted_vmtools.channels.select)."""
-    from .channels.select import make_channel as select_channel
+    try:
+        from .channels.select import make_channel as select_channel
+    except ImportError:
+        select_channel = None
+    if select_channel is not None:
+        return select_channel(transport, reactor)
+    if transport.startswith(("unix:", "tcp:")):
+        from .channels.stream import StreamChannel
 
-    return select_channel(transport, reactor)
+        return StreamChannel(reactor, transport)  # type: ignore[arg-type]
+    raise SystemExit(
+        f"twistd vmtools: transport {transport!r} is not available yet; "
+        "use --simulate, or --transport unix:PATH to reach `vmtools-sim serve`"
+    )
 
 
 def makeService(options: Options, reactor: object | None = None) -> IService:

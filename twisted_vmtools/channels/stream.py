@@ -139,6 +139,8 @@ class GuestRPCIProtocol(PacketProtocol):
 
 
 class _TCLOFactory(Factory):
+    noisy = False
+
     def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
         self.handler = handler
         self.clock = clock

@@ -43,6 +43,13 @@ class ControlServer(amp.AMP):
         super().__init__()
         self.vmx = vmx
 
+    # AMP logs every connection; a status query is not worth two lines in the VMX's log.
+    def makeConnection(self, transport: object) -> None:
+        amp.BinaryBoxProtocol.makeConnection(self, transport)  # type: ignore[arg-type]
+
+    def connectionLost(self, reason: object) -> None:
+        amp.BinaryBoxProtocol.connectionLost(self, reason)  # type: ignore[arg-type]
+
     @Status.responder
     def status(self) -> dict[str, str]:
         return {"status": json.dumps(self.vmx.status())}

@@ -112,6 +112,8 @@ class PreambleRouter(Protocol):
 class VMXStreamFactory(Factory):
     """The listener a guest (and `vmtools-sim` commands) connect to."""
 
+    noisy = False
+
     def __init__(self, vmx: VMX, control: Callable[[], IProtocol] | None = None) -> None:
         self.vmx = vmx
         self._control = control
