@@ -57,6 +57,7 @@ from .process import (
 AT_BASE = 7
 ARCH_SET_CPUID = 0x1012
 SPEC_FD = 3
+READY_FD = 4
 LOADER_HOOK = "_dl_debug_state"
 INT3 = b"\xcc"
 CPUID_INSN = b"\x0f\xa2"
@@ -118,6 +119,13 @@ def _package_root() -> str:
 
 def _to_registers(regs: ptrace.UserRegs) -> Registers:
     return Registers(ax=regs.rax, bx=regs.rbx, cx=regs.rcx, dx=regs.rdx, si=regs.rsi, di=regs.rdi, bp=regs.rbp)
+
+
+def _executable(tid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{tid}/exe")
+    except OSError:
+        return "?"
 
 
 def exit_code(status: int) -> int:
@@ -261,10 +269,12 @@ class TrapEngine:
             filter(None, (_package_root(), os.environ.get("PYTHONPATH")))
         )
         spec_read, spec_write = os.pipe()
+        ready_read, ready_write = os.pipe()
         actions: list[tuple[int, int, int]] = [
             (os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(self.stdio) if fd is not None
         ]
         actions.append((os.POSIX_SPAWN_DUP2, spec_read, SPEC_FD))
+        actions.append((os.POSIX_SPAWN_DUP2, ready_write, READY_FD))
         catchable = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
         command = [
             sys.executable,
@@ -274,6 +284,8 @@ class TrapEngine:
             str(os.getpid()),
             "--spec-fd",
             str(SPEC_FD),
+            "--ready-fd",
+            str(READY_FD),
         ]
         try:
             # posix_spawn (vfork + exec in glibc) is safe in a multi-threaded
@@ -286,17 +298,29 @@ class TrapEngine:
                 setsigmask=(),
                 setsigdef=catchable,
             )
-        finally:
-            os.close(spec_read)
+        except BaseException:
+            for fd in (spec_read, spec_write, ready_read, ready_write):
+                os.close(fd)
+            raise
+        os.close(spec_read)
+        os.close(ready_write)
         self._main_pid = pid
         try:
+            # Wait until the launcher runs, sandboxed: tracing starts after
+            # its own exec, so only the program's exec is ever seen.
+            with os.fdopen(ready_read, "rb") as ready:
+                report = ready.read(4096)
+            if report != b"\0":
+                raise TrapEngineError(f"launcher failed: {report.decode(errors='replace') or 'no report'}")
             if cpu is not None:
                 os.sched_setaffinity(pid, {cpu})
             ptrace.seize(pid, TRACE_OPTIONS)
-        except (OSError, ptrace.TraceeGone) as exc:
+        except (OSError, ptrace.TraceeGone, TrapEngineError) as exc:
             os.close(spec_write)
             os.kill(pid, signal.SIGKILL)  # our own, unreaped child: the pid is still ours
             os.waitpid(pid, 0)
+            if isinstance(exc, TrapEngineError):
+                raise
             raise TrapEngineError(f"cannot trace the launcher: {exc}") from exc
         process = self._add_process(pid, AddressSpace(pid))
         self._add_thread(pid, process)
@@ -526,6 +550,8 @@ class TrapEngine:
         if former != thread.tid:
             self._threads.pop(former, None)
         self.statistics.execs += 1
+        if self.trace:
+            self.log.debug("exec in {tgid}: {path}", tgid=process.tgid, path=_executable(thread.tid))
         self._owner_done(process)
         process.space.release()
         process.space = AddressSpace(thread.tid)

@@ -1,12 +1,14 @@
 """The sandbox launcher: harden this process, wait for the tracer, exec.
 
-    python -m twisted_vmtools.vmx.trap.launch [--parent PID] [--spec-fd FD] [-- CMD ARGS...]
+    python -m twisted_vmtools.vmx.trap.launch [--parent PID] [--ready-fd FD --spec-fd FD] [-- CMD ARGS...]
 
 The trap engine starts this small single-threaded process with posix_spawn
-(safe from a multi-threaded tracer), PTRACE_SEIZEs it, then writes the launch
-spec (argv, environment, working directory) to the pipe at --spec-fd.  The
-launcher applies the sandbox first and only then reads the spec, so the
-program is executed sandboxed and already traced, or not at all.
+(safe from a multi-threaded tracer).  The launcher applies the sandbox and
+reports on --ready-fd (a NUL byte, or the error text); the engine then
+PTRACE_SEIZEs it and writes the launch spec (argv, environment, working
+directory) to the pipe at --spec-fd.  So the program is executed sandboxed
+and already traced, or not at all, and the launcher's own exec is over
+before tracing starts.
 
 Without --spec-fd it is a standalone wrapper: harden, stop itself with
 SIGSTOP (a debugger may attach), then exec CMD ARGS.
@@ -56,12 +58,15 @@ def _restore_signals() -> None:
 def main(args: list[str]) -> None:
     parent = os.getppid()
     spec_fd: int | None = None
+    ready_fd: int | None = None
     while args and args[0] != "--":
         option = args.pop(0)
         if option == "--parent" and args:
             parent = int(args.pop(0))
         elif option == "--spec-fd" and args:
             spec_fd = int(args.pop(0))
+        elif option == "--ready-fd" and args:
+            ready_fd = int(args.pop(0))
         else:
             _fail(2, f"unknown option {option!r}")
     command = [os.fsencode(arg) for arg in args[1:]]
@@ -69,7 +74,12 @@ def main(args: list[str]) -> None:
     try:
         sandbox.apply(parent)
     except (sandbox.SandboxError, OSError) as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, f"sandbox: {exc}".encode(errors="replace"))
         _fail(EXIT_SANDBOX_FAILED, f"sandbox: {exc}")
+    if ready_fd is not None:
+        os.write(ready_fd, b"\0")
+        os.close(ready_fd)
 
     env: dict[bytes, bytes] = dict(os.environb)
     cwd: bytes | None = None

@@ -9,11 +9,12 @@ treat "the tracee vanished" as an ordinary event rather than an error.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# Not ctypes.util.find_library: it runs ldconfig/gcc in subprocesses, which
+# the launcher (a traced process) must not do.
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 # Requests (<sys/ptrace.h>).
 PTRACE_CONT = 7
