@@ -63,6 +63,7 @@ class GuestTCLOProtocol(PacketProtocol):
         super().badPacket(error)
         # One reply per command keeps the VMX's queue in step, even for garbage.
         self._backlog.append(b"")
+        self._next()
 
     def _next(self) -> None:
         if self._busy is not None or not self._backlog:

@@ -55,6 +55,10 @@ class VMXTCLOProtocol(PacketProtocol):
         self.vmx.tclo_sent(command, self.name)
         self.sendPacket(VsockPacket.data(command))
 
+    def out_of_step(self) -> None:
+        self.log.warn("{name}: the guest did not answer in time; dropping the connection", name=self.name)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
     def packetReceived(self, packet: VsockPacket) -> None:
         if packet.type is PacketType.PING:
             self.vmx.guest_alive()

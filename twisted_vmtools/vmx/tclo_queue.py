@@ -110,8 +110,18 @@ class TCLOQueue:
 
     def _expire(self, pending: _Pending) -> None:
         pending.timer = None
-        self._drop(pending)
+        stuck_pusher = self._pusher if self._inflight is pending else None
+        if self._inflight is pending:
+            self._inflight = None
+        elif pending in self._queue:
+            self._queue.remove(pending)
         pending.reply.errback(TCLOTimeout(f"no reply to {pending.command[:40]!r} within {pending.timeout} s"))
+        if stuck_pusher is not None:
+            # A pushed stream cannot match a late reply to its command: it is out of
+            # step, so it must start over (and the guest gets a fresh reset).
+            self._pusher = None
+            stuck_pusher.out_of_step()  # type: ignore[attr-defined]
+        self._push()
 
     def _cancel(self, pending: _Pending) -> None:
         self._settle(pending)

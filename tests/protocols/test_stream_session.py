@@ -1,0 +1,149 @@
+"""The guest tools and the simulated VMX over the stream channel, in memory (iosim + Clock)."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from support import Harness
+from twisted_vmtools.codecs.datamap import PacketType, VsockPacket, decode_packet
+from twisted_vmtools.protocols.rpci import RPCIError
+from twisted_vmtools.vmx.model import NOT_RUNNING, RUNNING
+from twisted_vmtools.vmx.tclo_queue import TCLOTimeout
+
+
+def tclo_log(harness: Harness) -> list[tuple[str, bytes]]:
+    return [(r.direction, r.data) for r in harness.vmx.records if r.direction.startswith("tclo")]
+
+
+def test_connect_resets_pings_and_turns_running() -> None:
+    harness = Harness()
+    assert harness.vmx.status()["guest.toolsRunningStatus"] == NOT_RUNNING
+    harness.start()
+    assert tclo_log(harness)[:4] == [
+        ("tclo-out", b"reset"),
+        ("tclo-in", b"OK ATR toolbox"),
+        ("tclo-out", b"ping"),
+        ("tclo-in", b"OK "),
+    ]
+    assert harness.vmx.status()["guest.toolsRunningStatus"] == RUNNING
+    assert harness.vmx.guestinfo["guestinfo.vmtools.versionString"]
+    # reset made the guest announce its loop and version, as vmtoolsd does.
+    assert any(r.data.startswith(b"vmx.capability.unified_loop toolbox") for r in harness.vmx.records)
+
+
+def test_capabilities_register_announces_linux_capabilities() -> None:
+    harness = Harness()
+    harness.start()
+    assert harness.send(b"Capabilities_Register") == b"OK "
+    status = harness.vmx.status()
+    assert status["guest.toolsVersion"] == "2147483647"
+    assert status["guest.toolsVersionStatus"] == "guestToolsUnmanaged"
+    capabilities = status["guest.toolsCapabilities"]
+    assert isinstance(capabilities, dict)
+    assert capabilities["hgfs_server"] == "toolbox 1"
+    assert "statechange" in capabilities
+
+
+def test_set_option() -> None:
+    harness = Harness(primary_ip="198.51.100.7")
+    harness.start()
+    assert harness.send(b"Set_Option broadcastIP 1") == b"OK "
+    assert harness.vmx.status()["guest.ipAddress"] == "198.51.100.7"
+    assert harness.send(b"Set_Option synctime 0") == b"OK "
+    assert harness.send(b"Set_Option bogusOption 1") == b"OK "
+    assert harness.send(b"Set_Option broadcastIP") == b"ERROR Unknown or invalid option"
+    assert harness.send(b"Set_Option") == b"ERROR Unknown or invalid option"
+    assert harness.service.core.options[b"synctime"] == b"0"
+
+
+def test_unknown_command_and_failing_handler() -> None:
+    harness = Harness()
+    harness.start()
+    assert harness.send(b"No_Such_Command with args") == b"ERROR Unknown Command"
+
+    def broken(args: bytes) -> bytes:
+        raise RuntimeError("handler exploded")
+
+    harness.service.dispatcher.register(b"broken", broken)
+    assert harness.send(b"broken") == b"ERROR handler exploded"
+    assert harness.send(b"ping") == b"OK "
+
+
+def test_rpci_guestinfo_round_trip() -> None:
+    harness = Harness()
+    harness.start()
+    assert harness.rpci(b"info-set guestinfo.k some value") == b""
+    assert harness.rpci(b"info-get guestinfo.k") == b"some value"
+    assert harness.rpci(b"info-get guestinfo.k\x00") == b"some value"
+    missing = harness.rpci(b"info-get guestinfo.missing")
+    assert getattr(missing, "value", None).__class__ is RPCIError
+    unknown = harness.rpci(b"no.such.rpc")
+    assert unknown.value.reply == b"Unknown command"  # type: ignore[attr-defined]
+
+
+def test_pending_handler_holds_the_channel_until_the_vmx_times_out() -> None:
+    harness = Harness(tclo_timeout=10.0)
+    harness.start()
+    never: Deferred[bytes] = Deferred()
+    harness.service.dispatcher.register(b"hang", lambda args: never)
+    hung: list[object] = []
+    queued: list[object] = []
+    harness.vmx.send(b"hang").addBoth(hung.append)
+    harness.vmx.send(b"ping", timeout=60).addBoth(queued.append)
+    harness.settle(5)
+    assert hung == [] and queued == []  # the next command waits for the pending one
+    harness.settle(6)
+    assert hung and hung[0].check(TCLOTimeout)  # type: ignore[attr-defined]
+    # The stream was out of step, so the VMX dropped it; the guest reconnects, gets reset.
+    resets_before = sum(1 for d, data in tclo_log(harness) if data == b"reset")
+    harness.settle(1)
+    harness.settle(1)
+    assert sum(1 for d, data in tclo_log(harness) if data == b"reset") > resets_before
+    assert queued == [b"OK "]
+    assert harness.send(b"ping") == b"OK "
+
+
+def test_vmx_going_away_and_coming_back() -> None:
+    harness = Harness()
+    harness.start()
+    harness.endpoint.refuse = True
+    harness.endpoint.drop_all()
+    harness.settle(20)
+    assert harness.vmx.status()["guest.toolsRunningStatus"] == NOT_RUNNING
+    assert harness.service.running
+    harness.endpoint.refuse = False
+    harness.settle(10)  # back-off is capped at 5 s
+    assert harness.vmx.status()["guest.toolsRunningStatus"] == RUNNING
+    assert harness.send(b"ping") == b"OK "
+
+
+def test_heartbeat_keeps_running_and_silence_goes_stale() -> None:
+    harness = Harness()
+    harness.start()
+    pump = harness.endpoint.pumps[0]
+    sent_before = len(pump.clientIO.stream)  # type: ignore[attr-defined]
+    for _ in range(30):
+        harness.settle(1)
+    assert harness.vmx.running
+    # The guest freezes (nothing moves any more): 15 s later the tools are not running.
+    harness.clock.advance(16)
+    assert not harness.vmx.running
+    assert sent_before >= 0
+
+
+def test_malformed_packet_from_vmx_gets_an_error_reply() -> None:
+    harness = Harness()
+    harness.start()
+    tclo_pump = harness.endpoint.pumps[0]
+    server = tclo_pump.serverIO  # the VMX side's transport
+    # A well-framed packet whose DataMap is garbage (unknown field type 9).
+    server.write(b"\x00\x00\x00\x08" + b"\x00\x00\x00\x09\x00\x00\x00\x01")
+    harness.settle()
+    replies = [r.data for r in harness.vmx.records if r.direction == "tclo-in"]
+    assert replies[-1] == b"ERROR malformed packet"
+    assert harness.send(b"ping") == b"OK "
+
+
+def test_heartbeat_packets_are_pings() -> None:
+    packet = decode_packet(VsockPacket.ping().encode())
+    assert packet.type is PacketType.PING and packet.payload is None

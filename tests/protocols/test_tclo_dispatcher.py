@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+
+from twisted_vmtools.protocols.tclo import TCLODispatcher, TCLOHandlerError
+
+
+def reply_of(dispatcher: TCLODispatcher, command: bytes) -> bytes:
+    results: list[object] = []
+    dispatcher.handle(command).addBoth(results.append)
+    assert len(results) == 1
+    assert isinstance(results[0], bytes)
+    return results[0]
+
+
+def test_handler_gets_arguments_after_one_space() -> None:
+    dispatcher = TCLODispatcher()
+    seen: list[bytes] = []
+    dispatcher.register(b"echo", lambda args: seen.append(args) or args)
+    assert reply_of(dispatcher, b"echo  two spaces") == b"OK  two spaces"
+    assert seen == [b" two spaces"]
+    assert reply_of(dispatcher, b"echo") == b"OK "
+
+
+def test_unknown_and_empty_commands() -> None:
+    dispatcher = TCLODispatcher()
+    assert reply_of(dispatcher, b"nothing here") == b"ERROR Unknown Command"
+    assert reply_of(dispatcher, b"") == b"ERROR Bad command"
+    assert reply_of(dispatcher, b" leading") == b"ERROR Bad command"
+
+
+def test_deferred_and_coroutine_handlers() -> None:
+    dispatcher = TCLODispatcher()
+    later: Deferred[bytes] = Deferred()
+    dispatcher.register(b"later", lambda args: later)
+
+    async def coroutine(args: bytes) -> bytes:
+        return await succeed(b"from a coroutine")
+
+    dispatcher.register(b"co", coroutine)
+    results: list[object] = []
+    dispatcher.handle(b"later").addBoth(results.append)
+    assert results == []
+    later.callback(b"done")
+    assert results == [b"OK done"]
+    assert reply_of(dispatcher, b"co") == b"OK from a coroutine"
+
+
+def test_failing_handlers_answer_error_and_service_goes_on() -> None:
+    dispatcher = TCLODispatcher()
+
+    def refuses(args: bytes) -> bytes:
+        raise TCLOHandlerError("State change already in progress")
+
+    def crashes(args: bytes) -> bytes:
+        raise ZeroDivisionError("boom")
+
+    dispatcher.register(b"refuses", refuses)
+    dispatcher.register(b"crashes", crashes)
+    dispatcher.register(b"wrong", lambda args: 42)  # type: ignore[arg-type, return-value]
+    dispatcher.register(b"ping", lambda args: b"")
+    assert reply_of(dispatcher, b"refuses") == b"ERROR State change already in progress"
+    assert reply_of(dispatcher, b"crashes") == b"ERROR boom"
+    assert reply_of(dispatcher, b"wrong").startswith(b"ERROR ")
+    assert reply_of(dispatcher, b"ping") == b"OK "
+
+
+def test_binary_arguments_pass_through() -> None:
+    dispatcher = TCLODispatcher()
+    dispatcher.register(b"f", lambda args: args[::-1])
+    assert reply_of(dispatcher, b"f \x00\x01\xff") == b"OK \xff\x01\x00"

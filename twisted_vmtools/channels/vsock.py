@@ -1,0 +1,325 @@
+"""The vsock channel: AF_VSOCK to the hypervisor (CID 0), RPCI on 976, TCLO on 975.
+
+Both ports carry the vsock packet framing; the protocols are the stream
+channel's (`GuestTCLOProtocol`, `GuestRPCIProtocol`) without the stream
+preamble, since here the port says which channel a connection is.  The VMX
+speaks first on TCLO; the guest answers each command with one packet and,
+from its first answer on, sends a PING every second.
+
+Twisted has no AF_VSOCK support (``adoptStreamConnection`` takes AF_INET,
+AF_INET6 and AF_UNIX only), so `SocketTransport` is a small
+`FileDescriptor` over any connected stream socket, and `VsockEndpoint` an
+`IStreamClientEndpoint` over a *connector*: a callable returning a
+connected socket for ``(port, privileged)``.  Tests inject a connector
+handing out ``socketpair()`` ends; only `vsock_connect` creates AF_VSOCK
+sockets, and only once detection has said VMware.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, main
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
+from .stream import GuestRPCIProtocol, GuestTCLOProtocol
+
+AF_VSOCK = getattr(socket, "AF_VSOCK", 40)
+VMADDR_CID_ANY = getattr(socket, "VMADDR_CID_ANY", 0xFFFFFFFF)
+HYPERVISOR_CID = 0  # VMCI_HYPERVISOR_CONTEXT_ID: the VMX
+TCLO_PORT = 975
+RPCI_PORT = 976
+PRIVILEGED_PORTS = range(1023, 0, -1)  # tried in this order, as the tools do
+CONNECT_RETRIES = {errno.ECONNRESET: 8, errno.ENOBUFS: 5}  # transient vsock connect errors
+CONNECT_TIMEOUT = 5.0
+RPCI_TIMEOUT = 30.0
+
+log = Logger()
+
+Connector = Callable[[int, bool], socket.socket]  # (port, privileged) -> connected stream socket
+SocketFactory = Callable[[], socket.socket]
+
+
+@implementer(IAddress)
+@dataclass(frozen=True)
+class VsockAddress:
+    cid: int
+    port: int
+
+
+def _vsock_socket() -> socket.socket:
+    return socket.socket(AF_VSOCK, socket.SOCK_STREAM)
+
+
+def _connect_retrying(make: Callable[[], socket.socket], address: tuple[int, int]) -> socket.socket:
+    budget = dict(CONNECT_RETRIES)
+    while True:
+        sock = make()
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(address)
+            return sock
+        except OSError as error:
+            sock.close()
+            if budget.get(error.errno or 0, 0) <= 0:
+                raise
+            budget[error.errno or 0] -= 1
+
+
+def vsock_connect(
+    port: int,
+    privileged: bool,
+    *,
+    cid: int = HYPERVISOR_CID,
+    socket_factory: SocketFactory | None = None,
+    is_vmware: Callable[[], bool] | None = None,
+) -> socket.socket:
+    """Connect to ``cid:port`` over AF_VSOCK, from a privileged source port if asked.
+
+    The privileged source (1023 downwards) is how the VMX knows the caller is
+    root; a port in use is skipped, and EACCES (not root) falls back to an
+    unprivileged ephemeral port.  The connect blocks for at most a few
+    seconds: the peer is the local hypervisor, which answers at once.
+
+    With the real socket factory this refuses unless detection says VMware:
+    elsewhere vsock CID 0 is some other hypervisor's plumbing.
+    """
+    if socket_factory is None:
+        if is_vmware is None:
+            from .detect import detected
+
+            def is_vmware() -> bool:
+                return detected().vmware
+
+        if not is_vmware():
+            raise ChannelError("refusing to open AF_VSOCK to the hypervisor: not a VMware VM")
+        socket_factory = _vsock_socket
+    make = socket_factory
+    if privileged:
+        for local_port in PRIVILEGED_PORTS:
+
+            def bound(local_port: int = local_port) -> socket.socket:
+                sock = make()
+                try:
+                    sock.bind((VMADDR_CID_ANY, local_port))
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+
+            try:
+                return _connect_retrying(bound, (cid, port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    continue
+                if error.errno == errno.EACCES:
+                    log.debug("no privileged vsock port (EACCES): connecting from an ephemeral one")
+                    break
+                raise
+        else:
+            raise OSError(errno.EADDRINUSE, "every privileged vsock port is in use")
+    return _connect_retrying(make, (cid, port))
+
+
+class SocketTransport(FileDescriptor):
+    """A Twisted transport over a connected stream socket of any family."""
+
+    def __init__(self, sock: socket.socket, protocol: Protocol, reactor: Any, peer: IAddress) -> None:
+        super().__init__(reactor)
+        sock.setblocking(False)
+        self.socket = sock
+        self.protocol = protocol
+        self._fd = sock.fileno()
+        self._peer = peer
+        self.connected = 1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def getPeer(self) -> IAddress:
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        return VsockAddress(VMADDR_CID_ANY, 0)
+
+    def logPrefix(self) -> str:
+        return f"vsock:{self._peer}"
+
+    def doRead(self) -> object:
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+    def writeSomeData(self, data: bytes) -> int | BaseException:
+        try:
+            return self.socket.send(data[: self.SEND_LIMIT])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            if error.errno == errno.ENOBUFS:
+                return 0
+            return main.CONNECTION_LOST
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.socket.close()
+        self._fd = -1
+        protocol, self.protocol = self.protocol, None  # type: ignore[assignment]
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+
+@implementer(IStreamClientEndpoint)
+class VsockEndpoint:
+    """Connects ``factory``'s protocols to one vsock port through ``connector``."""
+
+    def __init__(self, reactor: Any, port: int, *, privileged: bool, connector: Connector) -> None:
+        self._reactor = reactor
+        self.port = port
+        self.privileged = privileged
+        self._connector = connector
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Protocol]:
+        try:
+            sock = self._connector(self.port, self.privileged)
+        except Exception as error:
+            return defer.fail(ChannelError(f"cannot connect to vsock port {self.port}: {error}"))
+        peer = VsockAddress(HYPERVISOR_CID, self.port)
+        protocol = protocolFactory.buildProtocol(peer)
+        if protocol is None:
+            sock.close()
+            return defer.fail(ChannelError("the protocol factory refused the connection"))
+        transport = SocketTransport(sock, protocol, self._reactor, peer)
+        protocol.makeConnection(transport)
+        transport.startReading()
+        return defer.succeed(protocol)
+
+
+class VsockTCLOProtocol(GuestTCLOProtocol):
+    preamble = b""  # port 975 is TCLO
+
+
+class VsockRPCIProtocol(GuestRPCIProtocol):
+    preamble = b""  # port 976 is RPCI
+
+
+class _TCLOFactory(Factory):
+    def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
+        self.handler = handler
+        self.clock = clock
+
+    def buildProtocol(self, addr: object) -> VsockTCLOProtocol:
+        return VsockTCLOProtocol(self.handler, self.clock)
+
+
+@implementer(IGuestChannel)
+class VsockChannel:
+    """`IGuestChannel` over vsock: persistent RPCI connection, pushed TCLO.
+
+    ``connector`` defaults to `vsock_connect`; ``clock`` (heartbeat,
+    timeouts, reconnect back-off) defaults to ``reactor``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        clock: IReactorTime | None = None,
+        connector: Connector = vsock_connect,
+        rpci_timeout: float = RPCI_TIMEOUT,
+        max_retry_delay: float = 30.0,
+        name: str = "vsock",
+    ) -> None:
+        self.name = name
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._rpci_endpoint = VsockEndpoint(reactor, RPCI_PORT, privileged=True, connector=connector)
+        self._tclo_endpoint = VsockEndpoint(reactor, TCLO_PORT, privileged=False, connector=connector)
+        self._rpci_timeout = rpci_timeout
+        self._max_retry_delay = max_retry_delay
+        self._rpci: VsockRPCIProtocol | None = None
+        self._connect_lock = defer.DeferredLock()
+        self._tclo: ClientService | None = None
+
+    # -- RPCI
+
+    def rpci(self, request: bytes) -> Deferred[bytes]:
+        return defer.ensureDeferred(self._rpci_call(request))
+
+    async def _rpci_call(self, request: bytes) -> bytes:
+        # A connection the VMX dropped is restarted and the call retried once, as the tools do.
+        for attempt in (1, 2):
+            protocol = await self._rpci_connection()
+            reply = protocol.request(request)
+            reply.addTimeout(self._rpci_timeout, self._clock)
+            try:
+                return await reply
+            except defer.TimeoutError:
+                # The connection is out of step now; the next call gets a fresh one.
+                protocol.transport.loseConnection()  # type: ignore[union-attr]
+                raise ChannelError(f"no RPCI reply within {self._rpci_timeout} s") from None
+            except ChannelError as error:
+                if not protocol.lost or attempt == 2:
+                    raise
+                self.log.info("vsock RPCI connection lost ({error}); reconnecting", error=error)
+        raise AssertionError("unreachable")
+
+    async def _rpci_connection(self) -> VsockRPCIProtocol:
+        async with self._connect_lock:
+            if self._rpci is None or self._rpci.lost:
+                factory = Factory.forProtocol(VsockRPCIProtocol)
+                self._rpci = await self._rpci_endpoint.connect(factory)  # type: ignore[assignment]
+            assert self._rpci is not None
+            return self._rpci
+
+    # -- TCLO
+
+    def start(self, tclo: ITCLOHandler) -> None:
+        if self._tclo is not None:
+            raise RuntimeError("the vsock channel's TCLO connection is already running")
+        self._tclo = ClientService(
+            self._tclo_endpoint,
+            _TCLOFactory(tclo, self._clock),
+            # No jitter: one guest, one VMX; nobody to de-synchronise from, and tests stay exact.
+            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=self._max_retry_delay, jitter=lambda: 0.0),
+            clock=self._clock,
+        )
+        self._tclo.startService()
+
+    def tclo_connected(self, fail_after: int | None = None) -> Deferred[Protocol]:
+        """Fires with the TCLO connection once up; fails after ``fail_after`` failed attempts."""
+        if self._tclo is None:
+            return defer.fail(ChannelError("TCLO is not started"))
+        return self._tclo.whenConnected(failAfterFailures=fail_after)
+
+    def stop_tclo(self) -> Deferred[None]:
+        tclo, self._tclo = self._tclo, None
+        if tclo is None:
+            return defer.succeed(None)
+        return tclo.stopService().addCallback(lambda _: None)
+
+    def stop(self) -> Deferred[None]:
+        if self._rpci is not None:
+            self._rpci.transport.loseConnection()  # type: ignore[union-attr]
+            self._rpci = None
+        return self.stop_tclo()
