@@ -147,3 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _exit_code(code: int) -> None:
     if code:
         raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

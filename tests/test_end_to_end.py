@@ -1,0 +1,180 @@
+"""`vmtools-sim serve` and `twistd -n vmtools` as real processes over a real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from twisted_vmtools.codecs.datamap import VsockPacket, decode_packet
+from twisted_vmtools.codecs.stream import StreamKind
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST_IP = "198.51.100.7"
+
+
+def sim(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "twisted_vmtools.vmx.cli", *args],
+        capture_output=True, text=True, timeout=60, check=check, cwd=REPO,
+    )
+
+
+def start_simulator(path: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twisted_vmtools.vmx.cli", "serve", "--socket", str(path), "--ping-interval", "0.5"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+    )
+    wait_for(lambda: path.exists(), "the simulator's socket")
+    return process
+
+
+def start_guest(path: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "vmtools", "--transport", f"unix:{path}", "--primary-ip", GUEST_IP, "--trace"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+
+
+def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status(path: Path) -> dict[str, object]:
+    return json.loads(sim("status", "--socket", str(path), "--json").stdout)  # type: ignore[no-any-return]
+
+
+def running(path: Path) -> bool:
+    return status(path)["guest.toolsRunningStatus"] == "guestToolsRunning"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def socket_path(tmp_path: Path) -> Path:
+    return tmp_path / "vmx.sock"
+
+
+@pytest.fixture
+def simulator_and_guest(socket_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], ...]]:
+    simulator = start_simulator(socket_path)
+    guest = start_guest(socket_path, tmp_path / "guest.log")
+    try:
+        yield simulator, guest
+    finally:
+        stop(guest)
+        stop(simulator)
+
+
+def raw_connection(path: Path, kind: bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    sock.sendall(kind)
+    return sock
+
+
+def read_packet(sock: socket.socket) -> VsockPacket:
+    header = sock.recv(4, socket.MSG_WAITALL)
+    (length,) = struct.unpack(">I", header)
+    return decode_packet(header + sock.recv(length, socket.MSG_WAITALL))
+
+
+def test_guest_and_simulator_processes(simulator_and_guest: tuple[subprocess.Popen[bytes], ...],
+                                       socket_path: Path) -> None:
+    simulator, guest = simulator_and_guest
+    wait_for(lambda: running(socket_path), "the tools to run")
+
+    assert sim("tclo", "--socket", str(socket_path), "Set_Option broadcastIP 1").stdout == "OK \n"
+    assert status(socket_path)["guest.ipAddress"] == GUEST_IP
+    assert sim("tclo", "--socket", str(socket_path), "No_Such_Command").stdout == "ERROR Unknown Command\n"
+    assert sim("tclo", "--socket", str(socket_path), "Set_Option broadcastIP").stdout.startswith("ERROR ")
+
+    sim("guestinfo", "--socket", str(socket_path), "set", "guestinfo.e2e", "from the host")
+    assert sim("guestinfo", "--socket", str(socket_path), "get", "guestinfo.e2e").stdout == "from the host\n"
+    missing = sim("guestinfo", "--socket", str(socket_path), "get", "guestinfo.none", check=False)
+    assert missing.returncode == 1 and "No value found" in missing.stderr
+
+    # Garbage at the simulator: a bad preamble is dropped, a bad packet is answered.
+    with raw_connection(socket_path, b"JUNK") as junk:
+        assert junk.recv(1) == b""
+    with raw_connection(socket_path, StreamKind.RPCI.preamble) as rpci:
+        rpci.sendall(b"\x00\x00\x00\x04\xff\xff\xff\xff")
+        assert read_packet(rpci).payload == b"0 malformed packet"
+        rpci.sendall(VsockPacket.data(b"info-get guestinfo.e2e").encode())
+        assert read_packet(rpci).payload == b"1 from the host"
+        rpci.sendall(b"\x7f\xff\xff\xff")  # a length no sane packet has: the stream is lost
+        assert rpci.recv(1) == b""
+
+    # Garbage at the guest: binary junk as a TCLO command.
+    junk_reply = sim("tclo", "--socket", str(socket_path), "\x01\x02 \x7f\x1b[0m").stdout
+    assert junk_reply.startswith("ERROR ")
+
+    assert simulator.poll() is None and guest.poll() is None
+    assert sim("tclo", "--socket", str(socket_path), "ping").stdout == "OK \n"
+    assert running(socket_path)
+
+
+def test_guest_survives_the_simulator_restarting(socket_path: Path, tmp_path: Path) -> None:
+    simulator = start_simulator(socket_path)
+    guest = start_guest(socket_path, tmp_path / "guest.log")
+    try:
+        wait_for(lambda: running(socket_path), "the tools to run")
+        stop(simulator)
+        time.sleep(1.0)
+        assert guest.poll() is None
+        simulator = start_simulator(socket_path)
+        wait_for(lambda: running(socket_path), "the tools to run again")
+        assert sim("tclo", "--socket", str(socket_path), "ping").stdout == "OK \n"
+    finally:
+        stop(guest)
+        stop(simulator)
+
+
+def test_malformed_packets_from_a_vmx_do_not_kill_the_guest(socket_path: Path, tmp_path: Path) -> None:
+    """A raw fake VMX sends the guest broken frames; the guest answers each and stays up."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(4)
+    listener.settimeout(20)
+    guest = start_guest(socket_path, tmp_path / "guest.log")
+    try:
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(10)
+            preamble = connection.recv(4, socket.MSG_WAITALL)
+            assert preamble == StreamKind.TCLO.preamble
+            connection.sendall(b"\x00\x00\x00\x08\x00\x00\x00\x09\x00\x00\x00\x01")  # unknown field type
+            assert read_packet(connection).payload == b"ERROR malformed packet"
+            connection.sendall(b"\x00\x00\x00\x0c" + struct.pack(">III", 2, 2, 100))  # string runs past the end
+            assert read_packet(connection).payload == b"ERROR malformed packet"
+            connection.sendall(VsockPacket.data(b"ping").encode())
+            assert read_packet(connection).payload == b"OK "
+        assert guest.poll() is None
+    finally:
+        stop(guest)
+        listener.close()
+        os.unlink(socket_path)
