@@ -27,6 +27,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -41,7 +42,6 @@ from twisted_vmtools.codecs.backdoor import (
 
 from . import elf, ptrace
 from .cpuid import VMWARE_SIGNATURE, VMwareCPUID, cpuid_faulting_available, hypervisor_signature
-from .interfaces import IBackdoorHost
 from .launch import encode_spec
 from .process import (
     AddressSpace,
@@ -138,7 +138,8 @@ def exit_code(status: int) -> int:
 class TrapEngine:
     """Runs one program tree under the trap emulator.
 
-    `host` provides `IBackdoorHost`; its methods are called from the thread
+    `host` provides `IBackdoorHost` (typed Any: zope interfaces are not
+    types to mypy); its methods are called from the thread
     that calls `run`.  `pin_cpu` pins the tracer thread and the traced tree
     to one CPU (True: the first CPU this thread may use; an int: that CPU;
     False: no pinning) because a ptrace round trip between two CPUs costs
@@ -153,7 +154,7 @@ class TrapEngine:
 
     def __init__(
         self,
-        host: IBackdoorHost,
+        host: Any,
         *,
         pin_cpu: bool | int = True,
         timeout: float | None = None,
@@ -265,9 +266,7 @@ class TrapEngine:
         cwd = os.fsencode(self.cwd) if self.cwd is not None else None
 
         launcher_env = dict(os.environ)
-        launcher_env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, (_package_root(), os.environ.get("PYTHONPATH")))
-        )
+        launcher_env["PYTHONPATH"] = os.pathsep.join(filter(None, (_package_root(), os.environ.get("PYTHONPATH"))))
         spec_read, spec_write = os.pipe()
         ready_read, ready_write = os.pipe()
         actions: list[tuple[int, int, int]] = [
@@ -615,8 +614,9 @@ class TrapEngine:
         offset = info.symbols.get(LOADER_HOOK)
         address = self._address_of(maps, loader.key, offset) if offset is not None else None
         if address is None:
-            self.log.warn("no {hook} in {path}: libraries loaded later stay unpatched", hook=LOADER_HOOK,
-                          path=loader.path)
+            self.log.warn(
+                "no {hook} in {path}: libraries loaded later stay unpatched", hook=LOADER_HOOK, path=loader.path
+            )
             return
         # The hook is an empty function: `ret`, or `endbr64; ret` with CET.
         # Only then is emulating a `ret` exact.
@@ -684,8 +684,9 @@ class TrapEngine:
             if current == breakpoint.original:
                 space.write(address, INT3)
             elif not (current[:1] == INT3 and current[1:] == breakpoint.original[1:] and address in space.breakpoints):
-                self.log.warn("unexpected bytes {code} at {address:#x}; not patched", code=current.hex(),
-                              address=address)
+                self.log.warn(
+                    "unexpected bytes {code} at {address:#x}; not patched", code=current.hex(), address=address
+                )
                 return 0
         except OSError:
             return 0
@@ -856,4 +857,3 @@ class TrapEngine:
             after=after,
             size=f" ({size} bytes)" if size >= 0 else "",
         )
-

@@ -23,7 +23,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .engine import TrapEngine, TrapStatistics
-from .interfaces import IBackdoorHost
 
 
 class TrappedProgram:
@@ -41,7 +40,7 @@ class TrappedProgram:
         self.argv = list(argv)
         self.ended: Deferred[int] = Deferred()
         self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self._on_shutdown)
-        self._thread = threading.Thread(target=self._run, name=f"trap-engine {self.argv[0]!r}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="trap-engine", daemon=True)
         self._thread.start()
 
     @property
@@ -76,10 +75,18 @@ class TrappedProgram:
         self._shutdown_trigger = None
         self.terminate()
         waiting: Deferred[None] = Deferred()
-        self.ended.addBoth(lambda result: waiting.callback(None) or result)
+
+        def ended(result: object) -> object:
+            waiting.callback(None)
+            return result
+
+        self.ended.addBoth(ended)
         return waiting
 
 
-def spawn_trapped(reactor: Any, host: IBackdoorHost, argv: Sequence[str | bytes], **options: Any) -> TrappedProgram:
-    """Start `argv` under a `TrapEngine(host, **options)` in a dedicated thread."""
+def spawn_trapped(reactor: Any, host: Any, argv: Sequence[str | bytes], **options: Any) -> TrappedProgram:
+    """Start `argv` under a `TrapEngine(host, **options)` in a dedicated thread.
+
+    `host` provides `IBackdoorHost`; its methods run in the tracer thread.
+    """
     return TrappedProgram(reactor, TrapEngine(host, **options), argv)

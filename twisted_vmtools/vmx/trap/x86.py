@@ -17,9 +17,10 @@ from collections.abc import Iterator
 # Immediate kinds.
 _NONE, _IB, _IW, _IZ, _IV, _ENTER, _MOFFS, _GROUP3 = range(8)
 
-_LEGACY_PREFIXES = frozenset(
-    (0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65)
-)
+_LEGACY_PREFIXES = frozenset((0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65))
+# One-byte opcodes that do not exist in 64-bit mode (push/pop of segment
+# registers, BCD arithmetic, pusha/popa, far call/jmp, ...).
+_INVALID_64 = frozenset(bytes.fromhex("06070e16171e1f272f373f6061829ad4d5d6ea"))
 
 
 def _one_byte_tables() -> tuple[bytes, tuple[int, ...]]:
@@ -163,8 +164,7 @@ def _decode(code: bytes, pos: int) -> int:
 
     pos += 1
     if byte != 0x0F:
-        if byte in (0x06, 0x07, 0x0E, 0x16, 0x17, 0x1E, 0x1F, 0x27, 0x2F, 0x37, 0x3F,
-                    0x60, 0x61, 0x82, 0x9A, 0xC4, 0xC5, 0xD4, 0xD5, 0xD6, 0xEA):
+        if byte in _INVALID_64:
             return pos - start  # invalid in 64-bit mode
         has_modrm = _ONE_MODRM[byte]
         kind = _ONE_IMM[byte]

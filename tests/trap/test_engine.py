@@ -1,0 +1,189 @@
+"""The trap engine against small C programs (tests/trap_programs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from twisted_vmtools.vmx.trap import engine as engine_module
+from twisted_vmtools.vmx.trap.engine import HostIsVMwareError, TrapEngine
+
+
+def run(host, argv, output=None, **options):
+    if output is not None:
+        options["stdout"] = output[0]
+    engine = TrapEngine(host, timeout=options.pop("timeout", 20), **options)
+    status = engine.run(argv)
+    text = output[1].read_text() if output is not None else ""
+    return status, text, engine
+
+
+def test_cpuid_looks_like_vmware(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "cpuid"], output)
+    assert status == 0
+    assert "hypervisor bit 1" in text
+    assert "signature VMwareVMware max 0x40000010" in text
+    # Never advertise VMCALL/VMMCALL (ECX bits 0/1 of the timing leaf).
+    assert "ecx 0 edx 0" in text
+    assert "leaf 0x40000100 0 0 0 0" in text  # the real hypervisor stays hidden
+    assert engine.statistics.cpuid == 5
+    assert engine.statistics.cpuid_leaves[0x40000000] == 1
+
+
+def test_getversion(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "getversion"], output)
+    assert status == 0, text
+    assert "GETVERSION eax=6 ebx=0x564d5868 ecx=2" in text
+    assert engine.statistics.low_bandwidth == 2
+    assert host.exited == [engine._main_pid]
+
+
+def test_high_bandwidth_rep_semantics(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "hb"], output)
+    assert status == 0, text
+    assert "echo hello, high bandwidth" in text
+    assert host.stored == b"hello, high bandwidth"
+    # The unreadable-buffer `rep outsb` is counted but never reaches the host.
+    assert engine.statistics.high_bandwidth_out == 2
+    assert engine.statistics.high_bandwidth_in == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected", "seen"),
+    [
+        ("wrongmagic", 42, "SIGSEGV code=128"),  # its own handler sees the #GP
+        ("wrongport", 42, "SIGSEGV code=128"),
+        ("nullderef", 43, "SIGSEGV code=1 addr=(nil)"),
+        ("xenprobe", 44, "SIGILL"),
+        ("sigusr1", 128 + signal.SIGUSR1, ""),
+    ],
+)
+def test_other_signals_reach_the_program(programs, host, output, mode, expected, seen):
+    status, text, engine = run(host, [programs.trapped, mode], output)
+    assert status == expected
+    assert seen in text
+    assert engine.statistics.backdoor_traps == 0
+    assert engine.statistics.signals_delivered == 1
+
+
+def test_threads(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "threads"], output)
+    assert (status, text) == (0, "threads done, 0 failures\n")
+    assert engine.statistics.low_bandwidth == 8000
+    assert engine.statistics.threads == 9
+
+
+def test_fork_then_exec(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "forkexec"], output)
+    assert status == 0, text
+    assert "fork+exec child status 0" in text
+    # Parent, child before exec (patched code inherited), child after exec x2.
+    assert engine.statistics.low_bandwidth == 4
+    assert engine.statistics.processes == 2
+    child = (host.owners - {engine._main_pid}).pop()
+    assert host.exited.count(child) == 2  # at its exec, then at its exit
+
+
+def test_vfork(programs, host, output):
+    status, text, _engine = run(host, [programs.trapped, "vfork"], output)
+    assert status == 0, text
+    assert "vfork child status 0" in text
+
+
+def test_exec_from_a_thread(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "threadexec"], output)
+    assert status == 0, text
+    assert "GETVERSION eax=6" in text
+    assert engine.statistics.execs == 2
+
+
+def test_group_stop_and_continue(programs, host, output):
+    status, text, _engine = run(host, [programs.trapped, "stop"], output)
+    assert status == 0, text
+    assert "continued" in text
+
+
+def test_library_loaded_later(programs, host, output):
+    # dlmain has no backdoor code; libbd.so, dlopen'ed, has: found via r_brk.
+    status, text, engine = run(host, [programs.dlmain, programs.bdlib], output)
+    assert (status, text) == (0, "bd_check 0\n")
+    assert engine.statistics.cpuid == 1
+    assert engine.statistics.loader_hits >= 2
+
+
+def test_sandbox(programs, host, output):
+    status, text, _engine = run(host, [programs.trapped, "sandbox"], output)
+    assert "sandbox ok" in text, text
+    assert status == 0
+    assert "iopl(3) = -1 errno 1" in text
+
+
+def test_exit_status_and_environment(programs, host, output, tmp_path: Path):
+    status, _text, _engine = run(host, [programs.trapped, "exit", "7"])
+    assert status == 7
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GREETING": "hi"}
+    status, text, _engine = run(host, ["sh", "-c", 'echo "$GREETING"; pwd'], output, env=env, cwd=str(tmp_path))
+    assert status == 0
+    assert text == f"hi\n{tmp_path}\n"
+
+
+def test_missing_program(host, tmp_path: Path):
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as stderr:
+        status, _text, _engine = run(host, [str(tmp_path / "nothing")], stderr=stderr.fileno())
+    assert status == 127
+    assert b"No such file" in errors.read_bytes()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_timeout_terminates_the_tree(programs, host, output):
+    status, text, engine = run(host, [programs.trapped, "sleep"], output, timeout=0.5)
+    assert status == 128 + signal.SIGTERM
+    assert engine.timed_out
+    child = int(text.split()[1])
+    assert _gone(child)  # it ignored SIGTERM: killed when the program ended
+
+
+def test_timeout_escalates_to_sigkill(programs, host, output):
+    status, _text, engine = run(host, [programs.trapped, "sleep-ignoring-term"], output, timeout=0.3, grace=0.3)
+    assert status == 128 + signal.SIGKILL
+    assert engine.timed_out
+
+
+def test_terminate_from_another_thread(programs, host, output):
+    engine = TrapEngine(host, stdout=output[0])
+    threading.Timer(0.3, engine.terminate).start()
+    assert engine.run([programs.trapped, "sleep"]) == 128 + signal.SIGTERM
+    assert not engine.timed_out
+
+
+def test_unpinned(programs, host, output):
+    status, _text, engine = run(host, [programs.trapped, "getversion"], output, pin_cpu=False)
+    assert status == 0
+    assert engine.statistics.low_bandwidth == 2
+
+
+def test_refuses_a_real_vmware_host(monkeypatch, host):
+    monkeypatch.setattr(engine_module, "hypervisor_signature", lambda: b"VMwareVMware")
+    with pytest.raises(HostIsVMwareError):
+        TrapEngine(host)
+
+
+def test_host_may_decline(programs, output):
+    class Declining:
+        def low_bandwidth(self, owner, regs):
+            return None
+
+    status, text, _engine = run(Declining(), [programs.trapped, "getversion"], output)
+    assert status == 128 + signal.SIGSEGV  # no handler installed: the program dies
