@@ -200,10 +200,12 @@ class StreamChannel:
             if self._rpci is None or self._rpci.lost:
                 factory = Factory.forProtocol(GuestRPCIProtocol)
                 try:
-                    self._rpci = await self._endpoint.connect(factory)
+                    connected = await self._endpoint.connect(factory)
+                    assert isinstance(connected, GuestRPCIProtocol)
+                    self._rpci = connected
                 except Exception as error:
                     raise ChannelError(f"cannot reach the VMX at {self.name}: {error}") from error
-            return self._rpci
+            return self._rpci  # type: ignore[return-value]  # set just above
 
     # -- TCLO
 
@@ -217,7 +219,7 @@ class StreamChannel:
         self._tclo.startService()
 
     def stop(self) -> Deferred[None]:
-        stopping: list[Deferred[object]] = []
+        stopping: list[Deferred[None]] = []
         if self._tclo is not None:
             stopping.append(self._tclo.stopService())
             self._tclo = None

@@ -164,7 +164,7 @@ class VsockPacket:
     def decode_content(cls, content: bytes) -> VsockPacket:
         entries = decode_datamap(content)
         ptype = _typed(entries, FieldId.TYPE, FieldType.INT64)
-        if ptype is None:
+        if not isinstance(ptype, int):
             raise VsockPacketError("vsock packet has no TYPE field")
         try:
             kind = PacketType(ptype)

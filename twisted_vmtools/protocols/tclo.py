@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -13,7 +14,7 @@ from zope.interface import implementer
 from ..channels.interfaces import ITCLOHandler
 from ..codecs.tclo import BAD_COMMAND, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
 
-HandlerResult = bytes | Deferred[bytes] | Awaitable[bytes]
+HandlerResult = bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]
 Handler = Callable[[bytes], HandlerResult]
 
 
@@ -69,8 +70,9 @@ class TCLODispatcher:
         if handler is None:
             return _done(TCLOReply(False, UNKNOWN_COMMAND))
         running = maybeDeferred(_call, handler, parsed.args)
-        running.addCallbacks(lambda body: TCLOReply(True, body).encode(), self._failed, errbackArgs=(parsed.name,))
-        return running
+        return running.addCallbacks(
+            lambda body: TCLOReply(True, body).encode(), self._failed, errbackArgs=(parsed.name,)
+        )
 
     def _failed(self, failure: Failure, name: bytes) -> bytes:
         if failure.check(TCLOHandlerError):
@@ -79,16 +81,16 @@ class TCLODispatcher:
         return TCLOReply(False, failure.getErrorMessage().encode("utf-8", "replace")).encode()
 
 
-def _call(handler: Handler, args: bytes) -> bytes | Deferred[bytes]:
+def _call(handler: Handler, args: bytes) -> Deferred[bytes]:
     result = handler(args)
-    if inspect.isawaitable(result) and not isinstance(result, Deferred):
-        return ensureDeferred(result)  # type: ignore[arg-type]
-    if isinstance(result, (bytes, Deferred)):
+    if isinstance(result, Deferred):
         return result
+    if isinstance(result, bytes):
+        return succeed(result)
+    if inspect.iscoroutine(result):
+        return ensureDeferred(result)
     raise TypeError(f"TCLO handler returned {type(result).__name__}, not bytes")
 
 
 def _done(reply: TCLOReply) -> Deferred[bytes]:
-    done: Deferred[bytes] = Deferred()
-    done.callback(reply.encode())
-    return done
+    return succeed(reply.encode())

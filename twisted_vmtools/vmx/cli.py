@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -109,7 +110,7 @@ def _start_logging(verbose: bool) -> None:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
 
-async def _main(reactor: object, argv: Sequence[str]) -> int:
+async def _main(reactor: Any, argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return await _status(reactor, args)
@@ -138,7 +139,7 @@ async def _main(reactor: object, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
 
-    def start(reactor: object) -> Deferred[int]:
+    def start(reactor: Any) -> Deferred[None]:
         return ensureDeferred(_main(reactor, arguments)).addCallback(_exit_code)
 
     react(start)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
 from .model import VMX
@@ -16,7 +18,6 @@ from .tclo_queue import GuestGone, TCLOTimeout
 
 
 class Status(amp.Command):
-    arguments: list[tuple[bytes, amp.Argument]] = []
     response = [(b"status", amp.Unicode())]
 
 
@@ -33,7 +34,6 @@ class GuestInfoGet(amp.Command):
 
 class GuestInfoSet(amp.Command):
     arguments = [(b"key", amp.Unicode()), (b"value", amp.String())]
-    response: list[tuple[bytes, amp.Argument]] = []
 
 
 class ControlServer(amp.AMP):
@@ -47,8 +47,8 @@ class ControlServer(amp.AMP):
     def makeConnection(self, transport: object) -> None:
         amp.BinaryBoxProtocol.makeConnection(self, transport)  # type: ignore[arg-type]
 
-    def connectionLost(self, reason: object) -> None:
-        amp.BinaryBoxProtocol.connectionLost(self, reason)  # type: ignore[arg-type]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
 
     @Status.responder
     def status(self) -> dict[str, str]:

@@ -104,6 +104,7 @@ class PreambleRouter(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self._next = factory()
+        assert self.transport is not None
         self._next.makeConnection(self.transport)
         if rest:
             self._next.dataReceived(rest)
