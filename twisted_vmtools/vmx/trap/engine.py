@@ -255,7 +255,11 @@ class TrapEngine:
 
     def _choose_cpu(self, allowed: set[int]) -> int | None:
         if isinstance(self.pin_cpu, bool):
-            return min(allowed) if self.pin_cpu else None
+            if not self.pin_cpu:
+                return None
+            # The CPU the scheduler runs us on now is likely the least busy.
+            current = int(ptrace.libc.sched_getcpu())
+            return current if current in allowed else min(allowed)
         return self.pin_cpu
 
     def _launch(self, argv: list[bytes], cpu: int | None) -> None:

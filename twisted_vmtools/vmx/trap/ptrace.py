@@ -150,14 +150,13 @@ _process_vm_writev.argtypes = _process_vm_readv.argtypes
 
 
 def ptrace(request: int, tid: int, addr: int = 0, data: int | ctypes.c_void_p = 0) -> int:
-    ctypes.set_errno(0)
+    # No PEEK requests are used, so -1 always means failure.
     result = _ptrace(request, tid, addr, data)
     if result == -1:
         err = ctypes.get_errno()
         if err == errno.ESRCH:
             raise TraceeGone(tid)
-        if err:
-            raise OSError(err, f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
+        raise OSError(err, f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
     return int(result)
 
 

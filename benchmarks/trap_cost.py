@@ -1,0 +1,84 @@
+"""Cost of one trapped instruction under the ptrace trap engine.
+
+    python benchmarks/trap_cost.py [--count N]
+
+Compiles tests/trap_programs/bench.c, then runs it under `TrapEngine` with the
+tracer and tracee pinned to one CPU (the default) and unpinned, and prints
+the wall time per trapped operation as measured inside the tracee.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from zope.interface import implementer
+
+from twisted_vmtools.codecs import backdoor as bd
+from twisted_vmtools.vmx.trap.engine import TrapEngine
+from twisted_vmtools.vmx.trap.interfaces import IBackdoorHost
+
+SOURCES = Path(__file__).resolve().parent.parent / "tests" / "trap_programs"
+
+
+@implementer(IBackdoorHost)
+class GetVersionHost:
+    def low_bandwidth(self, owner: int, regs: bd.Registers) -> bd.Registers | None:
+        return regs.with_(ax=bd.VERSION_MAGIC, bx=bd.BDOOR_MAGIC, cx=bd.VMX_TYPE_SCALABLE_SERVER)
+
+    def high_bandwidth_out(self, owner: int, regs: bd.Registers, data: bytes) -> bd.Registers:
+        return regs.with_(bx=bd.pack16(1, regs.bx))
+
+    def high_bandwidth_in(self, owner: int, regs: bd.Registers) -> tuple[bd.Registers, bytes]:
+        return regs.with_(bx=bd.pack16(1, regs.bx)), b""
+
+    def owner_exited(self, owner: int) -> None:
+        pass
+
+
+def measure(program: str, args: list[str], pin_cpu: bool) -> float:
+    read, write = os.pipe()
+    try:
+        engine = TrapEngine(GetVersionHost(), pin_cpu=pin_cpu, stdout=write, timeout=300)
+        status = engine.run([program, *args])
+    finally:
+        os.close(write)
+    with os.fdopen(read) as output:
+        text = output.read()
+    if status != 0:
+        raise SystemExit(f"bench {args} failed with status {status}")
+    return float(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=20000, help="operations per measurement")
+    options = parser.parse_args()
+    cc = shutil.which("cc")
+    if cc is None:
+        sys.exit("needs a C compiler (cc)")
+    with tempfile.TemporaryDirectory() as tmp:
+        program = os.path.join(tmp, "bench")
+        subprocess.run([cc, "-O1", "-o", program, str(SOURCES / "bench.c")], check=True)
+        n = str(options.count)
+        cases = [
+            ("in (GETVERSION)", ["in", n]),
+            ("cpuid (int3)", ["cpuid", n]),
+            ("rep outsb 4 KiB", ["hb", n, "4096"]),
+        ]
+        print(f"{'operation':<20} {'pinned µs':>10} {'unpinned µs':>12}")
+        for label, args in cases:
+            pinned = measure(program, args, True)
+            unpinned = measure(program, args, False)
+            print(f"{label:<20} {pinned:>10.1f} {unpinned:>12.1f}")
+        native = subprocess.run([program, "cpuid", n], capture_output=True, text=True, check=True).stdout
+        print(f"{'cpuid (untraced)':<20} {float(native):>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
