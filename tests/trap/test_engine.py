@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,39 @@ def test_host_may_decline(programs, output):
 
     status, text, _engine = run(Declining(), [programs.trapped, "getversion"], output)
     assert status == 128 + signal.SIGSEGV  # no handler installed: the program dies
+
+
+def test_cpuid_fault_mode(programs, host, output):
+    # Where the CPU lacks CPUID faulting (this KVM guest) the injected
+    # arch_prctl fails and the engine falls back to int3, transparently.
+    status, text, engine = run(host, [programs.trapped, "cpuid"], output, cpuid_mode="fault")
+    assert status == 0
+    assert "signature VMwareVMware max 0x40000010" in text
+    assert engine.statistics.cpuid == 5
+
+
+TRACER = """
+import sys
+from conftest import FakeHost
+from twisted_vmtools.vmx.trap.engine import TrapEngine
+TrapEngine(FakeHost()).run(sys.argv[1:])
+"""
+
+
+def test_the_tree_dies_with_its_tracer(programs, tmp_path):
+    # PTRACE_O_EXITKILL (and PDEATHSIG): SIGKILL the tracer mid-run and
+    # neither the program nor its (SIGTERM-ignoring) child survives.
+    tracer = subprocess.Popen(
+        [sys.executable, "-c", TRACER, programs.trapped, "sleep"],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent,
+    )
+    assert tracer.stdout is not None
+    child = int(tracer.stdout.readline().split()[1])
+    program = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+    tracer.kill()
+    tracer.wait()
+    deadline = time.monotonic() + 5
+    while not (_gone(program) and _gone(child)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(program) and _gone(child)

@@ -55,6 +55,9 @@ from .process import (
 )
 
 AT_BASE = 7
+# si_code of a single-step SIGTRAP: TRAP_TRACE after an instruction,
+# TRAP_BRKPT when the step is reported at system call exit.
+STEP_CODES = frozenset((1, 2))
 ARCH_SET_CPUID = 0x1012
 SPEC_FD = 3
 READY_FD = 4
@@ -197,6 +200,7 @@ class TrapEngine:
         self._main_pid = 0
         self._main_status: int | None = None
         self._timers: list[threading.Timer] = []
+        self._stray_signal = 0
 
     # -- public API ---------------------------------------------------------
 
@@ -464,8 +468,7 @@ class TrapEngine:
             self._on_spawn(thread, event)
             ptrace.cont(thread.tid)
         elif event == ptrace.PTRACE_EVENT_EXEC:
-            self._on_exec(thread)
-            ptrace.cont(thread.tid)
+            ptrace.cont(thread.tid, self._on_exec(thread))
         else:
             ptrace.cont(thread.tid)
 
@@ -536,13 +539,12 @@ class TrapEngine:
                     # The child is already gone; its exit will come.
                     space = parent.space
             process = self._add_process(new, space)
-            process.execed = parent.execed
         self._add_thread(new, process)
         status = self._parked.pop(new, None)
         if status is not None:
             self._handle(new, status)
 
-    def _on_exec(self, thread: Thread) -> None:
+    def _on_exec(self, thread: Thread) -> int:
         process = thread.process
         former = ptrace.get_event_msg(thread.tid)
         # Exec by a non-leader: the other threads are gone and the execing
@@ -559,52 +561,78 @@ class TrapEngine:
         process.space.release()
         process.space = AddressSpace(thread.tid)
         process.space.users += 1
-        process.execed = True
-        self._setup_image(thread)
+        return self._setup_image(thread)
 
     # -- CPUID interception setup ------------------------------------------
 
-    def _setup_image(self, thread: Thread) -> None:
+    def _setup_image(self, thread: Thread) -> int:
+        """Arrange CPUID interception in a new image; a signal to deliver, or 0."""
         space = thread.process.space
-        if self.use_faulting and self._arm_cpuid_faulting(thread):
-            space.cpuid_faulting = True
-            return
+        pending = 0
+        if self.use_faulting:
+            armed, pending = self._arm_cpuid_faulting(thread)
+            if armed:
+                space.cpuid_faulting = True
+                return 0
         maps = read_maps(thread.tid)
         base = read_auxv(thread.tid).get(AT_BASE, 0)
         if base:
             self._plant_loader_hook(thread.tid, space, maps, base)
         self._scan(thread, maps)
+        return pending
 
-    def _arm_cpuid_faulting(self, thread: Thread) -> bool:
+    def _arm_cpuid_faulting(self, thread: Thread) -> tuple[bool, int]:
         """Make CPUID fault in the freshly exec'd image (execve resets it).
 
-        Injects `arch_prctl(ARCH_SET_CPUID, 0)` at the entry point: at the
-        exec stop the process has exactly one thread, so a single step over
-        a temporary `syscall` is race-free.
+        Injects `arch_prctl(ARCH_SET_CPUID, 0)` at the entry point.  At the
+        exec stop the process has exactly one thread, so single-stepping a
+        temporary `syscall` there is race-free.  The first step only leaves
+        execve (the kernel reports a step at system call exit, and would
+        overwrite RAX with execve's result); the second runs the injected
+        call.  Returns (armed, signal that arrived meanwhile, to deliver).
         """
         tid = thread.tid
         space = thread.process.space
+        if not self._step(tid):
+            return False, self._stray_signal
         saved = ptrace.get_regs(tid)
         original = space.read(saved.rip, 2)
         regs = ptrace.get_regs(tid)
         regs.rax, regs.rdi, regs.rsi = ptrace.SYS_arch_prctl, ARCH_SET_CPUID, 0
-        regs.orig_rax = MASK64  # not in a system call: no restart logic
         space.write(saved.rip, b"\x0f\x05")
         try:
             ptrace.set_regs(tid, regs)
-            ptrace.singlestep(tid)
-            _, status = os.waitpid(tid, ptrace.WALL)
-            if not os.WIFSTOPPED(status):
-                raise ptrace.TraceeGone(tid)
+            stepped = self._step(tid)
             result = ptrace.get_regs(tid).rax
         finally:
             space.write(saved.rip, original)
-        ptrace.set_regs(tid, saved)
-        ok = os.WSTOPSIG(status) == signal.SIGTRAP and result == 0
-        if not ok:
-            self.log.info("CPUID faulting unavailable in {tgid}; using int3", tgid=thread.process.tgid)
+            ptrace.set_regs(tid, saved)
+        if not stepped:
+            # Whether the call ran is unknown: re-run it later would be unsafe,
+            # so treat faulting as off for this image.
+            return False, self._stray_signal
+        if result != 0:
+            self.log.info(
+                "CPUID faulting refused ({errno}) in {tgid}; using int3 breakpoints",
+                errno=-(result - (1 << 64)) if result >> 63 else result,
+                tgid=thread.process.tgid,
+            )
             self.use_faulting = False
-        return ok
+            return False, 0
+        return True, 0
+
+    def _step(self, tid: int) -> bool:
+        """Single-step `tid`; False (and `_stray_signal` set) if a signal came instead."""
+        self._stray_signal = 0
+        ptrace.singlestep(tid)
+        _, status = os.waitpid(tid, ptrace.WALL)
+        if not os.WIFSTOPPED(status):
+            raise ptrace.TraceeGone(tid)
+        sig = os.WSTOPSIG(status)
+        if status >> 16 == 0 and sig == signal.SIGTRAP and ptrace.get_siginfo(tid).si_code in STEP_CODES:
+            return True
+        self._stray_signal = sig if status >> 16 == 0 else 0
+        return False
 
     def _plant_loader_hook(self, tid: int, space: AddressSpace, maps: list[Mapping], base: int) -> None:
         loader = next((m for m in maps if m.start == base and m.offset == 0 and m.path), None)

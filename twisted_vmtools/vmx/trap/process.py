@@ -112,7 +112,6 @@ class Process:
     space: AddressSpace
     threads: set[int] = field(default_factory=set)
     used_backdoor: bool = False
-    execed: bool = False  # False while still the launcher
 
 
 @dataclass
