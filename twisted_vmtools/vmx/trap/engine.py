@@ -27,7 +27,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -42,6 +41,7 @@ from twisted_vmtools.codecs.backdoor import (
 
 from . import elf, ptrace
 from .cpuid import VMWARE_SIGNATURE, VMwareCPUID, cpuid_faulting_available, hypervisor_signature
+from .interfaces import IBackdoorHost
 from .launch import encode_spec
 from .process import (
     AddressSpace,
@@ -141,8 +141,7 @@ def exit_code(status: int) -> int:
 class TrapEngine:
     """Runs one program tree under the trap emulator.
 
-    `host` provides `IBackdoorHost` (typed Any: zope interfaces are not
-    types to mypy); its methods are called from the thread
+    `host` provides `IBackdoorHost`; its methods are called from the thread
     that calls `run`.  `pin_cpu` pins the tracer thread and the traced tree
     to one CPU (True: the first CPU this thread may use; an int: that CPU;
     False: no pinning) because a ptrace round trip between two CPUs costs
@@ -157,7 +156,7 @@ class TrapEngine:
 
     def __init__(
         self,
-        host: Any,
+        host: IBackdoorHost,
         *,
         pin_cpu: bool | int = True,
         timeout: float | None = None,

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .engine import TrapEngine, TrapStatistics
+from .interfaces import IBackdoorHost
 
 
 class TrappedProgram:
@@ -84,7 +85,7 @@ class TrappedProgram:
         return waiting
 
 
-def spawn_trapped(reactor: Any, host: Any, argv: Sequence[str | bytes], **options: Any) -> TrappedProgram:
+def spawn_trapped(reactor: Any, host: IBackdoorHost, argv: Sequence[str | bytes], **options: Any) -> TrappedProgram:
     """Start `argv` under a `TrapEngine(host, **options)` in a dedicated thread.
 
     `host` provides `IBackdoorHost`; its methods run in the tracer thread.
