@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run our guest tools against an embedded VMX and show what it sees")
     demo.add_argument("--socket", default=None, help="socket path (default: a temporary one)")
 
+    conformance = sub.add_parser("conformance", help="compare our guest tools with open-vm-tools, scenario by scenario")
+    conformance.add_argument("--output", help="write the Markdown table here (docs/conformance.md)")
+    conformance.add_argument("--transport", choices=["backdoor", "stream"], help="how ours reaches the VMX")
+
     run = sub.add_parser("run", help="run a program as a trapped guest of its own VMX; exit with its code")
     run.add_argument("--trace", action="store_true")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
@@ -128,6 +132,10 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         _start_logging(True)
         return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
                            trap=_program(args) if args.trap else None)
+    if args.command == "conformance":
+        from .conformance import run_conformance
+
+        return await run_conformance(reactor, args.output, args.transport)
     if args.command == "run":
         from .serve import run_trapped
 

@@ -1,0 +1,58 @@
+"""``vmtools-rpctool 'COMMAND'``: send one RPCI request, as vmware-rpctool does.
+
+Prints the reply (without its ``1 ``) and exits 0; on a ``0 …`` reply or a
+transport failure it prints the reason on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import react
+
+from .protocols.rpci import RPCI, RPCIError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmtools-rpctool", description="Send one RPCI request to the VMX.")
+    parser.add_argument("--transport", "-t", default="auto", help="auto, backdoor, vsock, unix:PATH, tcp:HOST:PORT")
+    parser.add_argument("request", help="the request, e.g. 'info-get guestinfo.ip'")
+    return parser
+
+
+async def send_one(reactor: Any, transport: str, request: bytes) -> int:
+    from .tap import make_channel
+
+    channel = make_channel(reactor, transport)
+    try:
+        reply = await RPCI(channel).call(request)
+    except RPCIError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+    except Exception as error:
+        sys.stderr.write(f"Failed sending message to VMware: {error}\n")
+        return 1
+    finally:
+        await channel.stop()
+    sys.stdout.buffer.write(reply + b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    async def run(reactor: Any) -> None:
+        code = await send_one(reactor, args.transport, args.request.encode())
+        if code:
+            raise SystemExit(code)
+
+    react(lambda reactor: ensureDeferred(run(reactor)))
+
+
+if __name__ == "__main__":
+    main()
