@@ -207,6 +207,19 @@ class ELFFile:
         return sites
 
 
+def _analyse(elf: ELFFile, symbols: tuple[str, ...]) -> ObjectInfo:
+    has_backdoor = elf.has_backdoor_code()
+    info = ObjectInfo(
+        build_id=elf.build_id(),
+        has_backdoor=has_backdoor,
+        cpuid_offsets=elf.cpuid_offsets() if has_backdoor else [],
+    )
+    for name in symbols:
+        value = elf.dynamic_symbol(name)
+        info.symbols[name] = elf.vaddr_to_offset(value) if value is not None else None
+    return info
+
+
 _cache: dict[tuple[int, int, int, int], ObjectInfo] = {}
 _cache_lock = threading.Lock()
 
@@ -221,18 +234,12 @@ def analyse(path: str, symbols: tuple[str, ...] = ()) -> ObjectInfo:
         if cached is not None and all(name in cached.symbols for name in symbols):
             return cached
         data = file.read()
-    elf = ELFFile(data)
-    has_backdoor = elf.has_backdoor_code()
-    info = ObjectInfo(
-        build_id=elf.build_id(),
-        has_backdoor=has_backdoor,
-        cpuid_offsets=elf.cpuid_offsets() if has_backdoor else [],
-    )
+    try:
+        info = _analyse(ELFFile(data), symbols)
+    except (struct.error, IndexError, ValueError) as exc:
+        raise ELFError(f"{path}: malformed ELF file: {exc}") from None
     if cached is not None:
-        info.symbols.update(cached.symbols)
-    for name in symbols:
-        value = elf.dynamic_symbol(name)
-        info.symbols[name] = elf.vaddr_to_offset(value) if value is not None else None
+        info.symbols = {**cached.symbols, **info.symbols}
     with _cache_lock:
         _cache[key] = info
     return info

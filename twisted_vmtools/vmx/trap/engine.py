@@ -232,7 +232,8 @@ class TrapEngine:
             self._reap_everything()
             if cpu is not None:
                 os.sched_setaffinity(0, saved_affinity)
-        assert self._main_status is not None
+        if self._main_status is None:
+            raise TrapEngineError("the program's exit status was lost")
         return exit_code(self._main_status)
 
     def terminate(self) -> None:
@@ -392,6 +393,8 @@ class TrapEngine:
     def _reap_everything(self) -> None:
         """Leave nothing behind, even if the loop ended by an exception."""
         self._signal_all(signal.SIGKILL)
+        # Parked tracees whose parent died before announcing them are stopped
+        # tracees of ours, so their pids cannot be reused under us.
         for tid in list(self._parked):
             try:
                 os.kill(tid, signal.SIGKILL)
@@ -409,17 +412,7 @@ class TrapEngine:
     # -- the event loop -----------------------------------------------------
 
     def _loop(self) -> None:
-        killed_parked = False
-        while self._threads or self._parked:
-            if not self._threads and not killed_parked:
-                # New tracees whose parent died before announcing them: they
-                # are stopped tracees of ours, so their pids are stable.
-                for tid in self._parked:
-                    try:
-                        os.kill(tid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                killed_parked = True
+        while self._threads:
             try:
                 tid, status = ptrace.wait_any()
             except ChildProcessError:
