@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from ..codecs import backdoor as bd
-from ..codecs.backdoor import Registers, pack16
+from ..codecs.backdoor import Registers
 from ..codecs.message import EndpointFactory, HostChannels
 
 UNIMPLEMENTED = 0xFFFFFFFF
@@ -92,4 +92,3 @@ class BackdoorHost:
         self.channels.close_owner(owner)
 
 
-__all__ = ["BackdoorHost", "pack16"]

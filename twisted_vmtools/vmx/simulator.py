@@ -46,12 +46,25 @@ class SimulatorService(MultiService):
         factory = VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx))
         self.listener = StreamServerEndpointService(server_endpoint(reactor, where), factory)
         self.listener.setServiceParent(self)
+        self._cleaned = False
+
+    def privilegedStartService(self) -> None:
+        # twistd listens here, before startService: a stale socket must be gone by then.
+        self._remove_stale_socket()
+        super().privilegedStartService()
 
     def startService(self) -> None:
-        if ":" not in self.where and os.path.exists(self.where):
-            os.unlink(self.where)
+        self._remove_stale_socket()
         super().startService()
         self.log.info("simulated VMX listening at {where}", where=self.where)
+
+    def _remove_stale_socket(self) -> None:
+        """Once, before listening: a socket file left by a dead simulator would block us."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        if ":" not in self.where and os.path.exists(self.where):
+            os.unlink(self.where)
 
     def stopService(self) -> Deferred[None]:
         self.vmx.stop()
