@@ -178,3 +178,18 @@ def test_malformed_packets_from_a_vmx_do_not_kill_the_guest(socket_path: Path, t
         stop(guest)
         listener.close()
         os.unlink(socket_path)
+
+
+def test_twistd_simulate_leaves_its_control_socket_up(socket_path: Path, tmp_path: Path) -> None:
+    with open(tmp_path / "simulate.log", "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "vmtools", "--simulate", "--socket", str(socket_path), "--primary-ip", GUEST_IP],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+    try:
+        wait_for(lambda: socket_path.exists() and running(socket_path), "the embedded VMX to see the tools")
+        assert sim("tclo", "--socket", str(socket_path), "Set_Option broadcastIP 1").stdout == "OK \n"
+        assert status(socket_path)["guest.ipAddress"] == GUEST_IP
+    finally:
+        stop(process)
