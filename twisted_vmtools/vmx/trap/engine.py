@@ -595,23 +595,23 @@ class TrapEngine:
         try:
             ptrace.set_regs(tid, regs)
             stepped = self._step(tid)
-            result = ptrace.get_regs(tid).rax
+            after = ptrace.get_regs(tid)
         finally:
             space.write(saved.rip, original)
             ptrace.set_regs(tid, saved)
-        if not stepped:
-            # Whether the call ran is unknown: re-run it later would be unsafe,
-            # so treat faulting as off for this image.
-            return False, self._stray_signal
-        if result != 0:
+        pending = 0 if stepped else self._stray_signal
+        # A signal may have stopped it before or after the `syscall`.
+        result = after.rax if after.rip == saved.rip + 2 else MASK64
+        if result == 0:
+            return True, pending
+        if after.rip == saved.rip + 2:
             self.log.info(
                 "CPUID faulting refused ({errno}) in {tgid}; using int3 breakpoints",
                 errno=-(result - (1 << 64)) if result >> 63 else result,
                 tgid=thread.process.tgid,
             )
             self.use_faulting = False
-            return False, 0
-        return True, 0
+        return False, pending
 
     def _step(self, tid: int) -> bool:
         """Single-step `tid`; False (and `_stray_signal` set) if a signal came instead."""
