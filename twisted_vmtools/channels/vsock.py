@@ -27,8 +27,14 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -136,7 +142,7 @@ def vsock_connect(
 class SocketTransport(FileDescriptor):
     """A Twisted transport over a connected stream socket of any family."""
 
-    def __init__(self, sock: socket.socket, protocol: Protocol, reactor: Any, peer: IAddress) -> None:
+    def __init__(self, sock: socket.socket, protocol: IProtocol, reactor: Any, peer: IAddress) -> None:
         super().__init__(reactor)
         sock.setblocking(False)
         self.socket = sock
@@ -198,7 +204,7 @@ class VsockEndpoint:
         self.privileged = privileged
         self._connector = connector
 
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Protocol]:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         try:
             sock = self._connector(self.port, self.privileged)
         except Exception as error:
@@ -260,6 +266,9 @@ class VsockChannel:
         self._rpci: VsockRPCIProtocol | None = None
         self._connect_lock = defer.DeferredLock()
         self._tclo: ClientService | None = None
+        self._first_outcome: IProtocol | Failure | None = None
+        self._first_waiters: list[Deferred[IProtocol]] = []
+        self._stopped = False
 
     # -- RPCI
 
@@ -269,6 +278,8 @@ class VsockChannel:
     async def _rpci_call(self, request: bytes) -> bytes:
         # A connection the VMX dropped is restarted and the call retried once, as the tools do.
         for attempt in (1, 2):
+            if self._stopped:
+                raise ChannelError("the vsock channel is stopped")
             protocol = await self._rpci_connection()
             reply = protocol.request(request)
             reply.addTimeout(self._rpci_timeout, self._clock)
@@ -279,7 +290,7 @@ class VsockChannel:
                 protocol.transport.loseConnection()  # type: ignore[union-attr]
                 raise ChannelError(f"no RPCI reply within {self._rpci_timeout} s") from None
             except ChannelError as error:
-                if not protocol.lost or attempt == 2:
+                if not protocol.lost or attempt == 2 or self._stopped:
                     raise
                 self.log.info("vsock RPCI connection lost ({error}); reconnecting", error=error)
         raise AssertionError("unreachable")
@@ -297,6 +308,7 @@ class VsockChannel:
     def start(self, tclo: ITCLOHandler) -> None:
         if self._tclo is not None:
             raise RuntimeError("the vsock channel's TCLO connection is already running")
+        self._stopped = False
         self._tclo = ClientService(
             self._tclo_endpoint,
             _TCLOFactory(tclo, self._clock),
@@ -304,13 +316,40 @@ class VsockChannel:
             retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=self._max_retry_delay, jitter=lambda: 0.0),
             clock=self._clock,
         )
+        # Registered before the service starts, so that a connect failing at once is seen.
+        self._first_outcome = None
+        self._first_waiters = []
+        self._tclo.whenConnected(failAfterFailures=1).addBoth(self._first_attempt_done)
         self._tclo.startService()
 
-    def tclo_connected(self, fail_after: int | None = None) -> Deferred[Protocol]:
-        """Fires with the TCLO connection once up; fails after ``fail_after`` failed attempts."""
+    def _first_attempt_done(self, outcome: IProtocol | Failure) -> None:
+        self._first_outcome = outcome
+        waiters, self._first_waiters = self._first_waiters, []
+        for waiter in waiters:
+            self._deliver_first(waiter)
+
+    def _deliver_first(self, waiter: Deferred[IProtocol]) -> None:
+        outcome = self._first_outcome
+        assert outcome is not None
+        if isinstance(outcome, Failure):
+            waiter.errback(outcome)
+        else:
+            waiter.callback(outcome)
+
+    def first_tclo_attempt(self) -> Deferred[IProtocol]:
+        """The outcome of the first TCLO connect after `start`: the protocol, or why it failed.
+
+        This is what decides the fallback to the backdoor (`select.AutoChannel`);
+        later failures are retried with back-off by the channel itself.
+        """
         if self._tclo is None:
             return defer.fail(ChannelError("TCLO is not started"))
-        return self._tclo.whenConnected(failAfterFailures=fail_after)
+        waiter: Deferred[IProtocol] = Deferred()
+        if self._first_outcome is None:
+            self._first_waiters.append(waiter)
+        else:
+            self._deliver_first(waiter)
+        return waiter
 
     def stop_tclo(self) -> Deferred[None]:
         tclo, self._tclo = self._tclo, None
@@ -319,6 +358,7 @@ class VsockChannel:
         return tclo.stopService().addCallback(lambda _: None)
 
     def stop(self) -> Deferred[None]:
+        self._stopped = True
         if self._rpci is not None:
             self._rpci.transport.loseConnection()  # type: ignore[union-attr]
             self._rpci = None
