@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from twisted_vmtools.channels.framing import PacketProtocol
+from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT
 from twisted_vmtools.codecs.backdoor import Registers, high16, pack16
+from twisted_vmtools.codecs.datamap import VsockPacket, VsockPacketError
 from twisted_vmtools.codecs.message import (
     PROTO_RPCI,
     PROTO_TCLO,
@@ -19,6 +30,8 @@ from twisted_vmtools.codecs.message import (
     Status,
 )
 from twisted_vmtools.vmx.backdoor import BackdoorHost
+
+_reactor: Any = reactor
 
 
 @dataclass
@@ -146,3 +159,49 @@ class Interposer:
 
 
 GARBAGE = Registers(ax=0xDEADBEEF, bx=0xFFFFFFFFFFFFFFFF, cx=0x1234ABCD, dx=0xFFFF0000, si=7, di=9)
+
+
+class VMXPeer(PacketProtocol):
+    """The VMX's end of one connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packets: DeferredQueue[VsockPacket] = DeferredQueue()
+        self.lost: Deferred[None] = Deferred()
+        self.bad: list[VsockPacketError] = []
+
+    def packetReceived(self, packet: VsockPacket) -> None:
+        self.packets.put(packet)
+
+    def badPacket(self, error: VsockPacketError) -> None:
+        self.bad.append(error)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.lost.callback(None)
+
+    def send(self, payload: bytes) -> None:
+        self.sendPacket(VsockPacket.data(payload))
+
+    def close(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class PairConnector:
+    """Hands the guest one end of a socketpair and puts a `VMXPeer` on the other."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        self.peers: dict[int, DeferredQueue[VMXPeer]] = {RPCI_PORT: DeferredQueue(), TCLO_PORT: DeferredQueue()}
+        self.refuse: set[int] = set()
+
+    def __call__(self, port: int, privileged: bool) -> socket.socket:
+        self.calls.append((port, privileged))
+        if port in self.refuse:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "no VMX here")
+        guest, vmx = socket.socketpair()
+        vmx.setblocking(False)
+        peer = VMXPeer()
+        _reactor.adoptStreamConnection(vmx.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: peer))
+        vmx.close()
+        self.peers[port].put(peer)
+        return guest

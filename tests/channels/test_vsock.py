@@ -12,66 +12,19 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.defer import Deferred, DeferredQueue
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_vmtools.channels import vsock
-from twisted_vmtools.channels.framing import PacketProtocol
 from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITCLOHandler
 from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT, VsockChannel, vsock_connect
-from twisted_vmtools.codecs.datamap import PacketType, VsockPacket, VsockPacketError
+from twisted_vmtools.codecs.datamap import PacketType, VsockPacket
+
+from .fakes import PairConnector
 
 _reactor: Any = reactor
-
-
-class VMXPeer(PacketProtocol):
-    """The VMX's end of one connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.packets: DeferredQueue[VsockPacket] = DeferredQueue()
-        self.lost: Deferred[None] = Deferred()
-        self.bad: list[VsockPacketError] = []
-
-    def packetReceived(self, packet: VsockPacket) -> None:
-        self.packets.put(packet)
-
-    def badPacket(self, error: VsockPacketError) -> None:
-        self.bad.append(error)
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        self.lost.callback(None)
-
-    def send(self, payload: bytes) -> None:
-        self.sendPacket(VsockPacket.data(payload))
-
-    def close(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-
-class PairConnector:
-    """Hands the guest one end of a socketpair and puts a `VMXPeer` on the other."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, bool]] = []
-        self.peers: dict[int, DeferredQueue[VMXPeer]] = {RPCI_PORT: DeferredQueue(), TCLO_PORT: DeferredQueue()}
-        self.refuse: set[int] = set()
-
-    def __call__(self, port: int, privileged: bool) -> socket.socket:
-        self.calls.append((port, privileged))
-        if port in self.refuse:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, "no VMX here")
-        guest, vmx = socket.socketpair()
-        vmx.setblocking(False)
-        peer = VMXPeer()
-        _reactor.adoptStreamConnection(vmx.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: peer))
-        vmx.close()
-        self.peers[port].put(peer)
-        return guest
 
 
 @implementer(ITCLOHandler)

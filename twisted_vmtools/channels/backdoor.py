@@ -179,6 +179,11 @@ class BackdoorChannel:
                 failure = error
         raise ChannelError(f"backdoor RPCI failed: {failure}") from failure
 
+    def close_rpci(self) -> Deferred[None]:
+        """Close the RPCI channel now (freeing the VMX's slot); the next call reopens it."""
+        self._rpci = self._discard(self._rpci)
+        return defer.succeed(None)
+
     # -- TCLO
 
     def start(self, tclo: ITCLOHandler) -> None:

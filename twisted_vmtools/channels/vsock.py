@@ -54,6 +54,11 @@ RPCI_TIMEOUT = 30.0
 
 log = Logger()
 
+
+class VsockConnectError(ChannelError):
+    """The vsock connection could not be made (as opposed to failing once made)."""
+
+
 Connector = Callable[[int, bool], socket.socket]  # (port, privileged) -> connected stream socket
 SocketFactory = Callable[[], socket.socket]
 
@@ -208,12 +213,12 @@ class VsockEndpoint:
         try:
             sock = self._connector(self.port, self.privileged)
         except Exception as error:
-            return defer.fail(ChannelError(f"cannot connect to vsock port {self.port}: {error}"))
+            return defer.fail(VsockConnectError(f"cannot connect to vsock port {self.port}: {error}"))
         peer = VsockAddress(HYPERVISOR_CID, self.port)
         protocol = protocolFactory.buildProtocol(peer)
         if protocol is None:
             sock.close()
-            return defer.fail(ChannelError("the protocol factory refused the connection"))
+            return defer.fail(VsockConnectError("the protocol factory refused the connection"))
         transport = SocketTransport(sock, protocol, self._reactor, peer)
         protocol.makeConnection(transport)
         transport.startReading()

@@ -1,0 +1,191 @@
+"""``--transport``: which channel reaches the VMX.
+
+``unix:PATH`` / ``tcp:HOST:PORT`` reach ``vmtools-sim`` (or anything speaking
+the stream transport) and work anywhere.  ``backdoor``, ``vsock`` and
+``auto`` need a VMware VM, which detection (CPUID, then GETVERSION) must
+confirm first; elsewhere they refuse with a message pointing at the
+simulator.
+
+``auto`` chooses as open-vm-tools does: vsock first, the backdoor as the
+fallback.  RPCI tries vsock (three attempts, 100 ms apart); after a failure
+it sticks to the backdoor for 2 s, doubling per failure up to 300 s, and a
+successful TCLO ``reset`` ends the wait early.  TCLO tries vsock once per
+start and otherwise polls over the backdoor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..codecs.message import Backdoor
+from .backdoor import BackdoorChannel, hardware_executor
+from .detect import Detection, detected
+from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
+from .vsock import Connector, VsockChannel, VsockConnectError, vsock_connect
+
+TRANSPORTS = "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"
+VSOCK_ATTEMPTS = 3
+VSOCK_ATTEMPT_INTERVAL = 0.1
+FIRST_FALLBACK_DELAY = 2.0
+MAX_FALLBACK_DELAY = 300.0
+
+
+class TransportUnavailable(ChannelError):
+    """The transport asked for cannot work here (not a VMware VM, or an unknown name)."""
+
+
+def _not_vmware(spec: str, found: Detection) -> TransportUnavailable:
+    return TransportUnavailable(
+        f"--transport {spec} needs a VMware VM, and this is not one ({found.reason}). "
+        "Outside VMware use --simulate (an embedded simulated VMX), or --transport unix:PATH "
+        "(or tcp:HOST:PORT) to reach a running `vmtools-sim serve`."
+    )
+
+
+def make_channel(
+    spec: str,
+    reactor: Any,
+    *,
+    detection: Callable[[], Detection] = detected,
+    backdoor: Backdoor | None = None,
+    vsock_connector: Connector = vsock_connect,
+    clock: IReactorTime | None = None,
+) -> IGuestChannel:
+    """The `IGuestChannel` that ``--transport spec`` names.
+
+    ``detection``, ``backdoor`` (an executor) and ``vsock_connector`` default
+    to the real ones; tests inject theirs.  ``clock`` defaults to ``reactor``.
+    """
+    if spec.startswith(("unix:", "tcp:")):
+        from .stream import StreamChannel  # its own engineer's module; only needed for these
+
+        return StreamChannel(reactor, spec)
+    if spec not in ("auto", "backdoor", "vsock"):
+        raise TransportUnavailable(f"unknown transport {spec!r}; expected {TRANSPORTS}")
+    found = detection()
+    if not found.vmware:
+        raise _not_vmware(spec, found)
+    clock = clock if clock is not None else reactor
+    executor = backdoor
+    if executor is None:
+        assert found.interface is not None
+        executor = hardware_executor(found.interface)
+    if spec == "backdoor":
+        return BackdoorChannel(executor, clock)
+    vsock = VsockChannel(reactor, clock=clock, connector=vsock_connector)
+    if spec == "vsock":
+        return vsock
+    return AutoChannel(vsock, BackdoorChannel(executor, clock), clock)
+
+
+@implementer(ITCLOHandler)
+class _ResetWatcher:
+    """Passes commands through; tells the channel when a ``reset`` was answered OK."""
+
+    def __init__(self, inner: ITCLOHandler, on_reset: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_reset = on_reset
+
+    def handle(self, command: bytes) -> Deferred[bytes]:
+        answer = self._inner.handle(command)
+        if command.split(b" ", 1)[0].rstrip(b"\0") == b"reset":
+            answer.addCallback(self._answered)
+        return answer
+
+    def _answered(self, reply: bytes) -> bytes:
+        if reply.startswith(b"OK"):
+            self._on_reset()
+        return reply
+
+
+@implementer(IGuestChannel)
+class AutoChannel:
+    """vsock when it works, the backdoor when it does not (``--transport auto``)."""
+
+    log = Logger()
+
+    def __init__(self, vsock: VsockChannel, backdoor: BackdoorChannel, clock: IReactorTime) -> None:
+        self._vsock = vsock
+        self._backdoor = backdoor
+        self._clock = clock
+        self._retry_at = 0.0  # before this, RPCI goes straight to the backdoor
+        self._fallback_delay = FIRST_FALLBACK_DELAY
+        self.tclo_via: str | None = None
+        self.rpci_via: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"auto(tclo={self.tclo_via or '-'}, rpci={self.rpci_via or '-'})"
+
+    # -- RPCI
+
+    def rpci(self, request: bytes) -> Deferred[bytes]:
+        return defer.ensureDeferred(self._rpci(request))
+
+    async def _rpci(self, request: bytes) -> bytes:
+        if self._clock.seconds() >= self._retry_at:
+            try:
+                reply = await self._vsock_rpci(request)
+            except VsockConnectError as error:
+                self._vsock_failed(error)
+            else:
+                if self.rpci_via != "vsock":
+                    # Moving (back) to vsock: free the backdoor's channel, as the tools do.
+                    await self._backdoor.close_rpci()
+                    self.rpci_via = "vsock"
+                self._fallback_delay = FIRST_FALLBACK_DELAY
+                return reply
+        self.rpci_via = "backdoor"
+        return await self._backdoor.rpci(request)
+
+    async def _vsock_rpci(self, request: bytes) -> bytes:
+        for attempt in range(1, VSOCK_ATTEMPTS + 1):
+            try:
+                return await self._vsock.rpci(request)
+            except VsockConnectError:
+                if attempt == VSOCK_ATTEMPTS:
+                    raise
+            await deferLater(self._clock, VSOCK_ATTEMPT_INTERVAL, lambda: None)
+        raise AssertionError("unreachable")
+
+    def _vsock_failed(self, error: ChannelError) -> None:
+        self.log.info(
+            "vsock RPCI unavailable ({error}); using the backdoor for {delay} s",
+            error=error,
+            delay=self._fallback_delay,
+        )
+        self._retry_at = self._clock.seconds() + self._fallback_delay
+        self._fallback_delay = min(self._fallback_delay * 2, MAX_FALLBACK_DELAY)
+
+    def _reset_seen(self) -> None:
+        # After a reset the VMX may have gained vsock (vMotion, upgrade): try it at the next call.
+        self._retry_at = 0.0
+
+    # -- TCLO
+
+    def start(self, tclo: ITCLOHandler) -> None:
+        handler = _ResetWatcher(tclo, self._reset_seen)
+        self._vsock.start(handler)
+        self._vsock.first_tclo_attempt().addCallbacks(self._tclo_on_vsock, self._tclo_fallback, errbackArgs=(handler,))
+
+    def _tclo_on_vsock(self, _: object) -> None:
+        self.tclo_via = "vsock"
+
+    def _tclo_fallback(self, failure: Failure, handler: ITCLOHandler) -> None:
+        self.log.info("vsock TCLO unavailable ({error}); polling the backdoor", error=failure.getErrorMessage())
+        self._vsock.stop_tclo()
+        self.tclo_via = "backdoor"
+        self._backdoor.start(handler)
+
+    def stop(self) -> Deferred[None]:
+        stopping = [self._vsock.stop(), self._backdoor.stop()]
+        return defer.gatherResults(stopping).addCallback(lambda _: None)
