@@ -38,6 +38,8 @@
 
 enum { MODE_PORT = 0, MODE_VMCALL = 1, MODE_VMMCALL = 2 };
 
+#define BDOOR_MAGIC 0x564D5868u /* "VMXh": EAX of every backdoor call */
+
 /* Same layout as open-vm-tools' Backdoor_proto_hb: the asm indexes it. */
 typedef struct {
     uint64_t ax, bx, cx, dx, si, di, bp;
@@ -171,9 +173,20 @@ static int is_vmware(void)
 }
 #endif /* BACKDOOR_SUPPORTED */
 
-/* Returns 0 (with an exception set) if the instruction must not run. */
-static int may_execute(int mode)
+/*
+ * Returns 0 (with an exception set) if the instruction must not run.
+ *
+ * Without the magic in EAX it is not a backdoor call, just port I/O or a
+ * hypercall.  Checking it here also puts the magic in this object's code,
+ * which is how the ptrace trap engine recognises backdoor-using objects
+ * whose CPUID instructions it must answer.
+ */
+static int may_execute(unsigned long long ax, int mode)
 {
+    if ((uint32_t)ax != BDOOR_MAGIC) {
+        PyErr_SetString(PyExc_ValueError, "EAX must hold the backdoor magic 0x564D5868");
+        return 0;
+    }
     if (mode < MODE_PORT || mode > MODE_VMMCALL) {
         PyErr_Format(PyExc_ValueError, "unknown backdoor mode %d", mode);
         return 0;
@@ -217,7 +230,7 @@ static PyObject *py_lb(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "KKKKKK|i:lb", &ax, &bx, &cx, &dx, &si, &di, &mode))
         return NULL;
-    if (!may_execute(mode))
+    if (!may_execute(ax, mode))
         return NULL;
     r.ax = ax; r.bx = bx; r.cx = cx; r.dx = dx; r.si = si; r.di = di;
 #if BACKDOOR_SUPPORTED
@@ -242,7 +255,7 @@ static PyObject *py_hb_out(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "KKKKKy*|i:hb_out", &ax, &bx, &dx, &di, &bp, &data, &mode))
         return NULL;
-    if (!may_execute(mode)) {
+    if (!may_execute(ax, mode)) {
         PyBuffer_Release(&data);
         return NULL;
     }
@@ -275,7 +288,7 @@ static PyObject *py_hb_in(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "size must not be negative");
         return NULL;
     }
-    if (!may_execute(mode))
+    if (!may_execute(ax, mode))
         return NULL;
     /* Zeroed, so whatever the VMX does not write reads back as zeros, not heap garbage. */
     buffer = PyBytes_FromStringAndSize(NULL, size);

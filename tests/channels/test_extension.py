@@ -31,8 +31,11 @@ def test_cpuid_vendor() -> None:
 
 def test_arguments_checked_before_anything_runs() -> None:
     # These fail in argument checking, ahead of the CPUID guard and the instruction.
-    with pytest.raises(ValueError):
-        _backdoor.lb(0, 0, 0, 0, 0, 0, 7)
+    magic = 0x564D5868
+    with pytest.raises(ValueError, match="magic"):
+        _backdoor.lb(0, 0, 10, 0x5658, 0, 0)  # not a backdoor call without the magic
+    with pytest.raises(ValueError, match="mode"):
+        _backdoor.lb(magic, 0, 0, 0, 0, 0, 7)
     with pytest.raises(ValueError):
         _backdoor.hb_in(0, 0, 0, 0, 0, -1)
     with pytest.raises(TypeError):
