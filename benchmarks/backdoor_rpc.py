@@ -105,7 +105,7 @@ def in_memory(duration: float) -> None:
         channel.start(Pong())
         clock.advance(0)  # the greeting (reset, ping)
 
-        def round_trip() -> None:
+        def round_trip(vmx: VMX = vmx, clock: Clock = clock) -> None:
             reply = vmx.send(b"ping")
             clock.advance(0.1)
             fired(reply)
