@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from .channels.interfaces import IGuestChannel
 from .guest.core import CoreHandlers
+from .guest.guestinfo import GuestInfo, IGuestInfoSource
 from .guest.netinfo import primary_ip as default_primary_ip
 from .protocols.rpci import RPCI
 from .protocols.tclo import TCLODispatcher
@@ -20,8 +21,10 @@ class ToolsService(MultiService):
 
     ``reactor`` is passed in (tests give a `Clock`-driven one); ``channel``
     is any `IGuestChannel`.  ``primary_ip`` overrides the address reported
-    for ``Set_Option broadcastIP 1``.  Extra TCLO handlers can be added with
-    ``service.dispatcher.register`` before or after start.
+    for ``Set_Option broadcastIP 1``.  ``guest_info_interval`` is how often
+    NICs, host name, OS and uptime are reported (None: never), from
+    ``guest_info_source`` (default: this machine).  Extra TCLO handlers can
+    be added with ``service.dispatcher.register`` before or after start.
     """
 
     log = Logger()
@@ -32,6 +35,8 @@ class ToolsService(MultiService):
         channel: IGuestChannel,
         *,
         primary_ip: Callable[[], str | None] | str | None = None,
+        guest_info_interval: float | None = 30.0,
+        guest_info_source: IGuestInfoSource | None = None,
         trace: bool = False,
     ) -> None:
         super().__init__()
@@ -44,6 +49,13 @@ class ToolsService(MultiService):
             primary_ip = lambda: fixed  # noqa: E731
         self.core = CoreHandlers(self.rpci, primary_ip=primary_ip or default_primary_ip)
         self.core.install(self.dispatcher)
+        self.guest_info: GuestInfo | None = None
+        if guest_info_interval is not None:
+            self.guest_info = GuestInfo(
+                reactor, self.rpci, interval=guest_info_interval, source=guest_info_source  # type: ignore[arg-type]
+            )
+            self.guest_info.install(self.dispatcher, self.core)
+            self.guest_info.setServiceParent(self)
         self._announcing: Deferred[None] | None = None
 
     def startService(self) -> None:

@@ -8,7 +8,7 @@ import tempfile
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from .channels.interfaces import IGuestChannel
+from .channels.interfaces import ChannelError, IGuestChannel
 from .service import ToolsService
 
 
@@ -28,29 +28,33 @@ class Options(usage.Options):
         ["transport", "t", "auto", "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"],
         ["socket", "s", None, "with --simulate: where the embedded VMX listens (default: a per-user path)"],
         ["primary-ip", None, None, "the address reported for Set_Option broadcastIP (default: first usable IPv4)"],
+        ["guestinfo-interval", None, "30", "seconds between NIC/IP, host name, OS and uptime reports; 0 disables"],
     ]
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
         ["trace", None, "log every RPC in both directions"],
     ]
 
+    def postOptions(self) -> None:
+        guest_info_interval(self["guestinfo-interval"])
+
+
+def guest_info_interval(value: object) -> float | None:
+    """``--guestinfo-interval`` as `ToolsService` takes it: seconds, or None for "never"."""
+    try:
+        interval = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise usage.UsageError("--guestinfo-interval must be a number of seconds") from None
+    if interval < 0:
+        raise usage.UsageError("--guestinfo-interval must not be negative")
+    return interval or None
+
 
 def make_channel(reactor: object, transport: str) -> IGuestChannel:
     """The channel ``--transport`` names (see twisted_vmtools.channels.select)."""
-    try:
-        from .channels.select import make_channel as select_channel
-    except ImportError:
-        select_channel = None
-    if select_channel is not None:
-        return select_channel(transport, reactor)
-    if transport.startswith(("unix:", "tcp:")):
-        from .channels.stream import StreamChannel
+    from .channels.select import make_channel as select_channel
 
-        return StreamChannel(reactor, transport)  # type: ignore[arg-type]
-    raise SystemExit(
-        f"twistd vmtools: transport {transport!r} is not available yet; "
-        "use --simulate, or --transport unix:PATH to reach `vmtools-sim serve`"
-    )
+    return select_channel(transport, reactor)
 
 
 def makeService(options: Options, reactor: object | None = None) -> IService:
@@ -59,6 +63,7 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
 
         reactor = global_reactor
     trace = bool(options["trace"])
+    interval = guest_info_interval(options["guestinfo-interval"])
     if options["simulate"]:
         from .channels.stream import StreamChannel
         from .vmx.simulator import SimulatorService, client_description
@@ -67,7 +72,13 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         top = MultiService()
         SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
         channel: IGuestChannel = StreamChannel(reactor, client_description(where))  # type: ignore[arg-type]
-        ToolsService(reactor, channel, primary_ip=options["primary-ip"], trace=trace).setServiceParent(top)
+        ToolsService(
+            reactor, channel, primary_ip=options["primary-ip"], guest_info_interval=interval, trace=trace
+        ).setServiceParent(top)
         return top
-    channel = make_channel(reactor, options["transport"])
-    return ToolsService(reactor, channel, primary_ip=options["primary-ip"], trace=trace)
+    try:
+        channel = make_channel(reactor, options["transport"])
+    except ChannelError as error:
+        # A clear sentence, not a traceback: this is the usual mistake outside a VMware VM.
+        raise SystemExit(f"twistd vmtools: {error}") from None
+    return ToolsService(reactor, channel, primary_ip=options["primary-ip"], guest_info_interval=interval, trace=trace)

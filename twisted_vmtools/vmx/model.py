@@ -13,6 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..codecs.tclo import TCLOError, parse_reply
+from .guestinfo_view import first_ipv4, guest_fields
 from .rpci_server import RPCIServer, ToolsState
 from .tclo_queue import DEFAULT_TIMEOUT, TCLOQueue
 
@@ -124,13 +125,17 @@ class VMX:
     def status(self) -> dict[str, object]:
         """What vSphere would show: guest.* keys, plus the guestinfo store."""
         version = self.tools.version
+        reported = guest_fields(self.tools.guest_info)
+        net = reported["guest.net"]
         status: dict[str, object] = {
             "guest.toolsRunningStatus": RUNNING if self.running else NOT_RUNNING,
             "guest.toolsVersionStatus": _version_status(version),
             "guest.toolsVersion": str(version if version is not None else 0),
-            "guest.ipAddress": self.guestinfo.get("guestinfo.ip", b"").decode("utf-8", "replace") or None,
+            "guest.ipAddress": self.guestinfo.get("guestinfo.ip", b"").decode("utf-8", "replace")
+            or first_ipv4(net if isinstance(net, list) else None),
             "guest.toolsCapabilities": dict(self.tools.capabilities),
             "vmx.tcloChannels": sorted(self.connected_channels),
+            **reported,
         }
         for key, value in sorted(self.guestinfo.items()):
             status[key] = value.decode("utf-8", "replace")

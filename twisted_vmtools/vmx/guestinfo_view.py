@@ -1,0 +1,114 @@
+"""The VMX's reading of ``SetGuestInfo`` values: the guest.* fields vSphere shows.
+
+`RPCIServer` stores each value raw, by key; this module decodes them when
+asked, so a malformed report costs only the fields it carries (it is logged
+and shown as absent), never the status call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+
+from twisted.logger import Logger
+
+from ..codecs.nicinfo import GuestNicList, NicInfoError, NicInfoV3, decode_nic_info
+
+log = Logger()
+
+DNS_NAME = 1
+OS_NAME_FULL = 5
+OS_NAME = 6
+UPTIME = 7
+IPADDRESS_V2 = 9
+IPADDRESS_V3 = 10
+
+NicView = dict[str, object]
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+
+def decode_stored_nic_info(raw: bytes) -> NicInfoV3 | GuestNicList:
+    """Decode a stored key 9/10 value.
+
+    The RPCI request parser drops one trailing NUL (text requests end in
+    one), and XDR often ends in a zero byte; a value one byte short of a
+    4-byte multiple has lost exactly that byte, so it is put back.
+    """
+    if len(raw) % 4 == 3:
+        raw += b"\0"
+    return decode_nic_info(raw)
+
+
+def nics(info: NicInfoV3 | GuestNicList) -> list[NicView]:
+    """``guest.net``: per NIC its MAC, addresses, and their prefix lengths (in the same order)."""
+    out: list[NicView] = []
+    if isinstance(info, NicInfoV3):
+        for nic in info.nics:
+            out.append({
+                "macAddress": nic.mac_address,
+                "ipAddress": [str(entry.address) for entry in nic.ips],
+                "prefixes": [entry.prefix_length for entry in nic.ips],
+            })
+        return out
+    for old in info.nics:
+        out.append({
+            "macAddress": old.mac_address,
+            "ipAddress": [ip.ip_address for ip in old.ips],
+            "prefixes": [_v2_prefix(ip.subnet_mask) for ip in old.ips],
+        })
+    return out
+
+
+def _v2_prefix(mask: str) -> int | None:
+    # V2 masks are prefix lengths ("24"); old Windows tools sent hex masks ("0xffffff00").
+    try:
+        value = int(mask, 0)
+    except ValueError:
+        return None
+    return bin(value).count("1") if mask.lower().startswith("0x") else value
+
+
+def first_ipv4(net: list[NicView] | None) -> str | None:
+    """The address vSphere shows as ``guest.ipAddress`` when the guest set no ``guestinfo.ip``."""
+    for nic in net or []:
+        addresses = nic.get("ipAddress")
+        for address in addresses if isinstance(addresses, list) else []:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                continue
+            if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
+                return str(ip)
+    return None
+
+
+def guest_fields(guest_info: Mapping[int, bytes]) -> dict[str, object]:
+    """``guest.net``, ``guest.hostName``, ``guest.guestFullName``, ``guest.osName`` and ``guest.uptimeSeconds``.
+
+    Key 10 (V3) wins over key 9; absent or undecodable values are None.
+    """
+    net: list[NicView] | None = None
+    for key in (IPADDRESS_V3, IPADDRESS_V2):
+        raw = guest_info.get(key)
+        if raw is None:
+            continue
+        try:
+            net = nics(decode_stored_nic_info(raw))
+        except NicInfoError as error:
+            log.warn("undecodable NIC report on key {key}: {error}", key=key, error=str(error))
+            continue
+        break
+    uptime = _text(guest_info.get(UPTIME))
+    return {
+        "guest.net": net,
+        "guest.hostName": _text(guest_info.get(DNS_NAME)),
+        "guest.guestFullName": _text(guest_info.get(OS_NAME_FULL)),
+        "guest.osName": _text(guest_info.get(OS_NAME)),
+        # The guest reports hundredths of a second.
+        "guest.uptimeSeconds": int(uptime) // 100 if uptime and uptime.isdigit() else None,
+    }
