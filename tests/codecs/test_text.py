@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
 import pytest
@@ -211,9 +210,9 @@ def test_with_masks_to_64_bits_and_changes_one_register(name: str, value: int) -
     regs = Registers(1, 2, 3, 4, 5, 6, 7)
     changed = regs.with_(**{name: value})
     assert getattr(changed, name) == value & MASK64
-    for other in dataclasses.fields(Registers):
-        if other.name != name:
-            assert getattr(changed, other.name) == getattr(regs, other.name)
+    for other in Registers._fields:
+        if other != name:
+            assert getattr(changed, other) == getattr(regs, other)
 
 
 def test_command_and_port_are_the_low_halves() -> None:
@@ -223,5 +222,5 @@ def test_command_and_port_are_the_low_halves() -> None:
 
 
 def test_registers_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         Registers().ax = 1  # type: ignore[misc]

@@ -9,7 +9,7 @@ they are talking to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 BDOOR_MAGIC = 0x564D5868  # "VMXh"
 BDOOR_PORT = 0x5658  # low bandwidth: `in eax, dx`
@@ -53,13 +53,14 @@ def pack16(high: int, low: int) -> int:
     return ((high & 0xFFFF) << 16) | (low & 0xFFFF)
 
 
-@dataclass(frozen=True)
-class Registers:
+class Registers(NamedTuple):
     """The registers a backdoor call reads and writes (64-bit values).
 
     Only the low 32 bits (or 16-bit halves) carry meaning; the guest's C code
     leaves stack garbage in the upper halves, so readers must mask.  ``bp``
     is used only by the high-bandwidth calls, where it carries a cookie.
+    A named tuple rather than a dataclass: one is built per backdoor call,
+    and construction cost shows in the per-RPC profile.
     """
 
     ax: int = 0
@@ -71,7 +72,7 @@ class Registers:
     bp: int = 0
 
     def with_(self, **changes: int) -> Registers:
-        return replace(self, **{k: v & MASK64 for k, v in changes.items()})
+        return self._replace(**{k: v & MASK64 for k, v in changes.items()})
 
     @property
     def command(self) -> int:
