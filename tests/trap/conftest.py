@@ -85,12 +85,26 @@ def output(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         os.close(fd)
 
 
+def _children() -> set[int]:
+    mine = os.getpid()
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == mine:
+                children.add(int(entry))
+    return children
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_children() -> Iterator[None]:
-    """Every engine run must reap everything it started."""
+    """Every engine run must reap everything it started (other tests' children
+    are not ours to judge)."""
+    before = _children()
     yield
-    try:
-        pid, _status = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return
-    pytest.fail(f"a child process was left behind ({pid or 'still running'})")
+    left = _children() - before
+    assert not left, f"child processes left behind: {sorted(left)}"
