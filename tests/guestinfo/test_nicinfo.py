@@ -30,6 +30,7 @@ from twisted_vmtools.codecs.nicinfo import (
     TypedIpAddress,
     VmIpAddress,
     WinsConfigInfo,
+    decode_guest_nic_proto,
     decode_nic_info,
     encode_nic_info,
     to_v2,
@@ -102,7 +103,7 @@ def test_observed_prefix_alone_is_truncated() -> None:
 
 # -- strategies
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
+TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=12)
 NAME = TEXT.filter(lambda s: len(s.encode()) <= 255)
 
 
@@ -253,3 +254,28 @@ def test_fallback_forms() -> None:
             VmIpAddress(NicInfoAddrType.IPV6, False, "fd00::2", "64"),
         )),
     ))
+
+
+def test_v2_reads_as_v3() -> None:
+    v2 = GuestNicList((GuestNic("02:fc:00:00:00:01", (
+        VmIpAddress(NicInfoAddrType.IPV4, True, "192.0.2.2", "24"),
+        VmIpAddress(NicInfoAddrType.IPV4, False, "198.51.100.2", "0xffffff00"),
+        VmIpAddress(NicInfoAddrType.IPV6, False, "fe80::1%eth0", "64"),
+    )),))
+    info = decode_guest_nic_proto(encode_nic_info(v2))
+    assert [(str(e.address), e.prefix_length, e.origin) for e in info.nics[0].ips] == [
+        ("192.0.2.2", 24, IpAddressOrigin.DHCP), ("198.51.100.2", 24, None), ("fe80::1", 64, None),
+    ]
+    assert decode_guest_nic_proto(encode_nic_info(OBSERVED)) == OBSERVED
+    for bad_ip, bad_mask in (("not-an-ip", "24"), ("192.0.2.1", "x")):
+        bad = GuestNicList((GuestNic("m", (VmIpAddress(NicInfoAddrType.IPV4, False, bad_ip, bad_mask),)),))
+        with pytest.raises(NicInfoError):
+            decode_guest_nic_proto(encode_nic_info(bad))
+
+
+@given(V2_LISTS)
+def test_fuzz_v2_upgrade_only_nicinfo_error(info: GuestNicList) -> None:
+    try:
+        decode_guest_nic_proto(encode_nic_info(info))
+    except NicInfoError:
+        pass

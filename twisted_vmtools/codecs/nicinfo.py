@@ -214,6 +214,33 @@ def to_v2(info: NicInfoV3) -> GuestNicList:
     return GuestNicList(tuple(nics))
 
 
+def from_v2(info: GuestNicList) -> NicInfoV3:
+    """A V2 list as V3, so readers handle one shape; unparsable addresses raise `NicInfoError`."""
+    nics = []
+    for nic in info.nics:
+        ips = []
+        for old in nic.ips:
+            try:
+                ip = ipaddress.ip_address(old.ip_address.split("%")[0])
+            except ValueError:
+                raise NicInfoError(f"not an IP address: {old.ip_address!r}") from None
+            origin = IpAddressOrigin.DHCP if old.dhcp_enabled else None
+            ips.append(IpAddressEntry(TypedIpAddress.from_ip(ip), _v2_prefix(old.subnet_mask), origin))
+        nics.append(GuestNicV3(nic.mac_address, tuple(ips)))
+    return NicInfoV3(tuple(nics))
+
+
+def _v2_prefix(mask: str) -> int:
+    # V2 masks are prefix lengths ("24"); old Windows tools sent hex masks ("0xffffff00").
+    try:
+        value = int(mask, 16) if mask.lower().startswith("0x") else int(mask)
+    except ValueError:
+        raise NicInfoError(f"not a subnet mask: {mask!r}") from None
+    if value < 0:
+        raise NicInfoError(f"not a subnet mask: {mask!r}")
+    return bin(value).count("1") if mask.lower().startswith("0x") else value
+
+
 # -- encoding
 
 
@@ -346,6 +373,12 @@ def decode_nic_info(data: bytes) -> NicInfoV3 | GuestNicList:
         # A NULL body is valid XDR; for the VMX it says "no NICs".
         return NicInfoV3() if version == NicInfoVersion.V3 else GuestNicList()
     return body
+
+
+def decode_guest_nic_proto(data: bytes) -> NicInfoV3:
+    """Decode either version of GuestNicProto, a V2 list upgraded with `from_v2`."""
+    info = decode_nic_info(data)
+    return info if isinstance(info, NicInfoV3) else from_v2(info)
 
 
 def _enum(unpacker: Unpacker, kind: type[E]) -> E:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from twisted.logger import Logger
 
-from ..codecs.nicinfo import GuestNicList, NicInfoError, NicInfoV3, decode_nic_info
+from ..codecs.nicinfo import NicInfoError, NicInfoV3, decode_guest_nic_proto
 
 log = Logger()
 
@@ -32,8 +32,8 @@ def _text(raw: bytes | None) -> str | None:
     return raw.rstrip(b"\0").decode("utf-8", "replace")
 
 
-def decode_stored_nic_info(raw: bytes) -> NicInfoV3 | GuestNicList:
-    """Decode a stored key 9/10 value.
+def decode_stored_nic_info(raw: bytes) -> NicInfoV3:
+    """Decode a stored key 9/10 value (V2 reports come back as V3).
 
     The RPCI request parser drops one trailing NUL (text requests end in
     one), and XDR often ends in a zero byte; a value one byte short of a
@@ -41,36 +41,19 @@ def decode_stored_nic_info(raw: bytes) -> NicInfoV3 | GuestNicList:
     """
     if len(raw) % 4 == 3:
         raw += b"\0"
-    return decode_nic_info(raw)
+    return decode_guest_nic_proto(raw)
 
 
-def nics(info: NicInfoV3 | GuestNicList) -> list[NicView]:
+def nics(info: NicInfoV3) -> list[NicView]:
     """``guest.net``: per NIC its MAC, addresses, and their prefix lengths (in the same order)."""
-    out: list[NicView] = []
-    if isinstance(info, NicInfoV3):
-        for nic in info.nics:
-            out.append({
-                "macAddress": nic.mac_address,
-                "ipAddress": [str(entry.address) for entry in nic.ips],
-                "prefixes": [entry.prefix_length for entry in nic.ips],
-            })
-        return out
-    for old in info.nics:
-        out.append({
-            "macAddress": old.mac_address,
-            "ipAddress": [ip.ip_address for ip in old.ips],
-            "prefixes": [_v2_prefix(ip.subnet_mask) for ip in old.ips],
-        })
-    return out
-
-
-def _v2_prefix(mask: str) -> int | None:
-    # V2 masks are prefix lengths ("24"); old Windows tools sent hex masks ("0xffffff00").
-    try:
-        value = int(mask, 0)
-    except ValueError:
-        return None
-    return bin(value).count("1") if mask.lower().startswith("0x") else value
+    return [
+        {
+            "macAddress": nic.mac_address,
+            "ipAddress": [str(entry.address) for entry in nic.ips],
+            "prefixes": [entry.prefix_length for entry in nic.ips],
+        }
+        for nic in info.nics
+    ]
 
 
 def first_ipv4(net: list[NicView] | None) -> str | None:
