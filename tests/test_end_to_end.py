@@ -23,27 +23,33 @@ GUEST_IP = "198.51.100.7"
 
 def sim(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "twisted_vmtools.vmx.cli", *args],
+        [*SIM, *args],
         capture_output=True, text=True, timeout=60, check=check, cwd=REPO,
     )
 
 
-def start_simulator(path: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "twisted_vmtools.vmx.cli", "serve", "--socket", str(path), "--ping-interval", "0.5"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-    )
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+SIM = [sys.executable, "-m", "twisted_vmtools.vmx.cli"]
+
+
+def start_simulator(path: Path, *trapped_guest: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    trap = ["--trap", "--", *trapped_guest] if trapped_guest else []
+    with open(log or os.devnull, "wb") as out:
+        process = subprocess.Popen(
+            [*SIM, "serve", "--socket", str(path), "--ping-interval", "0.5", *trap],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
     wait_for(lambda: path.exists(), "the simulator's socket")
     return process
 
 
+def guest_command(transport: str) -> list[str]:
+    return [*TWISTD, "vmtools", "--transport", transport, "--primary-ip", GUEST_IP, "--trace"]
+
+
 def start_guest(path: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "vmtools", "--transport", f"unix:{path}", "--primary-ip", GUEST_IP, "--trace"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-        )
+        return subprocess.Popen(guest_command(f"unix:{path}"), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
 
 def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
@@ -78,10 +84,21 @@ def socket_path(tmp_path: Path) -> Path:
     return tmp_path / "vmx.sock"
 
 
-@pytest.fixture
-def simulator_and_guest(socket_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], ...]]:
-    simulator = start_simulator(socket_path)
-    guest = start_guest(socket_path, tmp_path / "guest.log")
+@pytest.fixture(params=["stream", "backdoor", "auto"])
+def simulator_and_guest(request: pytest.FixtureRequest, socket_path: Path,
+                        tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], ...]]:
+    """The guest over the Unix socket, or trapped under the simulator using the real backdoor.
+
+    ``auto`` under the trap engine also shows the fallback: the sandbox refuses
+    AF_VSOCK, so the guest settles on the backdoor as open-vm-tools would.
+    """
+    if request.param == "stream":
+        simulator = start_simulator(socket_path)
+        guest = start_guest(socket_path, tmp_path / "guest.log")
+    else:
+        pytest.importorskip("twisted_vmtools._backdoor")
+        simulator = start_simulator(socket_path, *guest_command(request.param), log=tmp_path / "serve.log")
+        guest = simulator  # the simulator runs the guest under its trap engine
     try:
         yield simulator, guest
     finally:
@@ -106,7 +123,10 @@ def read_packet(sock: socket.socket) -> VsockPacket:
 def test_guest_and_simulator_processes(simulator_and_guest: tuple[subprocess.Popen[bytes], ...],
                                        socket_path: Path) -> None:
     simulator, guest = simulator_and_guest
-    wait_for(lambda: running(socket_path), "the tools to run")
+    wait_for(lambda: running(socket_path), "the tools to run", timeout=60)
+    wait_for(lambda: "guestinfo.vmtools.description" in status(socket_path), "the version announcement")
+    assert sim("tclo", "--socket", str(socket_path), "Capabilities_Register").stdout == "OK \n"
+    assert status(socket_path)["guest.toolsVersionStatus"] == "guestToolsUnmanaged"
 
     assert sim("tclo", "--socket", str(socket_path), "Set_Option broadcastIP 1").stdout == "OK \n"
     assert status(socket_path)["guest.ipAddress"] == GUEST_IP
@@ -183,8 +203,7 @@ def test_malformed_packets_from_a_vmx_do_not_kill_the_guest(socket_path: Path, t
 def test_twistd_simulate_leaves_its_control_socket_up(socket_path: Path, tmp_path: Path) -> None:
     with open(tmp_path / "simulate.log", "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "vmtools", "--simulate", "--socket", str(socket_path), "--primary-ip", GUEST_IP],
+            [*TWISTD, "vmtools", "--simulate", "--socket", str(socket_path), "--primary-ip", GUEST_IP],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
         )
     try:
