@@ -194,13 +194,19 @@ def prefix_length(netmask: str | None, bits: int) -> int:
 
 
 class _InterfaceAddress(Protocol):
-    family: Any
-    address: str
-    netmask: str | None
+    """psutil's snicaddr, as far as it is read here."""
+
+    @property
+    def family(self) -> Any: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def netmask(self) -> str | None: ...
 
 
 class _InterfaceStats(Protocol):
-    isup: bool
+    @property
+    def isup(self) -> bool: ...
 
 
 def nics_from_interfaces(

@@ -1,0 +1,159 @@
+"""What the guest gathers: interface tables, /proc routes, resolv.conf, OS names — on fixed input."""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+import psutil
+
+from twisted_vmtools.codecs.nicinfo import (
+    InetCidrRouteType,
+    IpAddressStatus,
+    NicInfoV3,
+    TypedIpAddress,
+    decode_nic_info,
+    encode_nic_info,
+)
+from twisted_vmtools.guest.guestinfo import (
+    SystemGuestInfoSource,
+    nics_from_interfaces,
+    os_full_name,
+    os_short_name,
+    parse_ipv4_routes,
+    parse_ipv6_routes,
+    parse_os_release,
+    parse_resolv_conf,
+    prefix_length,
+)
+
+
+class Addr(NamedTuple):
+    family: int
+    address: str
+    netmask: str | None
+
+
+class Stats(NamedTuple):
+    isup: bool
+
+
+INTERFACES = {
+    "lo": [Addr(socket.AF_INET, "127.0.0.1", "255.0.0.0"), Addr(socket.AF_INET6, "::1", "ffff:" * 7 + "ffff"),
+           Addr(psutil.AF_LINK, "00:00:00:00:00:00", None)],
+    "eth0": [Addr(socket.AF_INET, "192.0.2.2", "255.255.255.0"),
+             Addr(socket.AF_INET6, "fd00::2", "ffff:ffff:ffff:ffff::"),
+             Addr(socket.AF_INET6, "fe80::fc:ff:fe00:1%eth0", "ffff:ffff:ffff:ffff::"),
+             Addr(psutil.AF_LINK, "02:FC:00:00:00:01", None)],
+    "tun0": [Addr(socket.AF_INET, "10.8.0.1", "255.255.255.255")],  # no MAC
+    "eth1": [Addr(psutil.AF_LINK, "02:fc:00:00:00:02", None)],  # down
+    "ib0": [Addr(psutil.AF_LINK, "80:00:00:48:fe:80:00:00:00:00:00:00:00:02:c9:03:00", None)],
+    "eth2": [Addr(psutil.AF_LINK, "02:fc:00:00:00:03", None), Addr(socket.AF_INET, "198.51.100.9", None)],
+}
+STATS = {"lo": Stats(True), "eth0": Stats(True), "tun0": Stats(True), "eth1": Stats(False), "ib0": Stats(True)}
+
+
+def test_interfaces() -> None:
+    names, nics = nics_from_interfaces(INTERFACES, STATS)
+    assert names == ["eth0", "eth2"]
+    eth0 = nics[0]
+    assert eth0.mac_address == "02:fc:00:00:00:01"
+    assert [(str(e.address), e.prefix_length, e.status) for e in eth0.ips] == [
+        ("192.0.2.2", 24, IpAddressStatus.PREFERRED),
+        ("fd00::2", 64, IpAddressStatus.UNKNOWN),
+        ("fe80::fc:ff:fe00:1", 64, IpAddressStatus.UNKNOWN),
+    ]
+    assert [(str(e.address), e.prefix_length) for e in nics[1].ips] == [("198.51.100.9", 32)]
+
+
+def test_interfaces_cap_at_sixteen_nics() -> None:
+    many = {f"eth{i}": [Addr(psutil.AF_LINK, f"02:fc:00:00:00:{i:02x}", None)] for i in range(20)}
+    names, nics = nics_from_interfaces(many, {})
+    assert len(nics) == 16 and names[-1] == "eth15"
+
+
+def test_prefix_length() -> None:
+    assert prefix_length("255.255.254.0", 32) == 23
+    assert prefix_length("ffff:ffff:ffff:ff00::", 128) == 56
+    assert prefix_length(None, 32) == 32
+    assert prefix_length("garbage", 128) == 128
+
+
+PROC_ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+eth0\t0000000A\t00000000\t0200\t0\t0\t0\t000000FF\t0\t0\t0
+eth0\tgarbage
+"""
+
+PROC_IPV6_ROUTE = (
+    "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 "
+    "00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n"
+    "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+    "fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n"
+    "ff000000000000000000000000000000 08 00000000000000000000000000000000 00 "
+    "00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n"
+    "00000000000000000000000000000001 80 00000000000000000000000000000000 00 "
+    "00000000000000000000000000000000 00000000 00000001 00000000 80200001       lo\n"
+)
+
+
+def test_ipv4_routes() -> None:
+    routes = parse_ipv4_routes(PROC_ROUTE, {"eth0": 0})
+    assert [(str(r.dest), r.prefix_length, r.next_hop and str(r.next_hop), r.if_index, r.type, r.metric)
+            for r in routes] == [
+        ("0.0.0.0", 0, "192.0.2.1", 0, InetCidrRouteType.REMOTE, 100),
+        ("192.0.2.0", 24, None, 0, InetCidrRouteType.LOCAL, 100),
+    ]
+
+
+def test_ipv6_routes() -> None:
+    routes = parse_ipv6_routes(PROC_IPV6_ROUTE, {"eth0": 1})
+    assert [(str(r.dest), r.prefix_length, r.next_hop and str(r.next_hop), r.if_index, r.type, r.metric)
+            for r in routes] == [
+        ("fd00::", 64, None, 1, InetCidrRouteType.LOCAL, 256),
+        ("::", 0, "fd00::1", 1, InetCidrRouteType.REMOTE, 1024),
+    ]
+
+
+def test_resolv_conf() -> None:
+    dns = parse_resolv_conf(
+        "# generated\nnameserver 192.0.2.53\nnameserver fe80::53%eth0\nnameserver bogus\n"
+        "search old.example\nsearch example.org example.com ; comment\noptions ndots:2\n",
+        "vm1",
+    )
+    assert dns.host_name == "vm1"
+    assert dns.domain_name == "example.org"
+    assert dns.servers == (TypedIpAddress.from_ip("192.0.2.53"), TypedIpAddress.from_ip("fe80::53"))
+    assert dns.search_suffixes == ("example.org", "example.com")
+    limited = parse_resolv_conf("".join(f"nameserver 192.0.2.{i}\n" for i in range(20))
+                                + "search " + " ".join(f"s{i}.example" for i in range(12)) + " " + "x" * 300)
+    assert len(limited.servers) == 16 and len(limited.search_suffixes) == 10
+    assert parse_resolv_conf("domain corp.example\n").domain_name == "corp.example"
+
+
+def test_os_names() -> None:
+    release = parse_os_release('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n# x=y\n')
+    assert os_full_name("Linux", "6.1.0-18-amd64", release) == "Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)"
+    assert os_short_name(release, True) == "debian12-64"
+    assert os_short_name({}, False) == "otherlinux"
+
+
+def test_this_machine_encodes(tmp_path: object) -> None:
+    source = SystemGuestInfoSource()
+    info = source.nic_info()
+    assert isinstance(info, NicInfoV3)
+    assert decode_nic_info(encode_nic_info(info)) == info
+    assert source.uptime() > 0
+    assert source.host_name()
+    full, short = source.os_names()
+    assert full and short
+
+
+def test_missing_proc_files(tmp_path: object) -> None:
+    source = SystemGuestInfoSource(proc=str(tmp_path), resolv_conf=f"{tmp_path}/none", os_release=f"{tmp_path}/none")
+    info = source.nic_info()
+    assert info.routes == () and info.dns is None
+    assert source.uptime() > 0  # from psutil's boot time
+    assert source.os_names()[1].startswith("otherlinux")
