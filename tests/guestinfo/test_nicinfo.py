@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -63,6 +64,7 @@ OBSERVED_REST = (
     + words(0, 0, 0, 0)
 )
 
+MAC_OBSERVED = "02:fc:00:00:00:01"
 OBSERVED = NicInfoV3(
     nics=(
         GuestNicV3(
@@ -96,6 +98,23 @@ def test_encoding_matches_the_observed_bytes() -> None:
     assert encoded == OBSERVED_PREFIX + OBSERVED_REST
 
 
+# A whole report from vmtoolsd 12.2.0 (Debian) under the trap engine against vmtools-sim: one NIC with three
+# addresses, eight routes (all of route type 0, which nicinfo.x does not define), and global DNS.
+VMTOOLSD_12_2_REPORT = bytes.fromhex((Path(__file__).parent / "vmtoolsd-12.2.0-nicinfo.hex").read_text())
+
+
+def test_a_whole_vmtoolsd_report() -> None:
+    info = decode_guest_nic_proto(VMTOOLSD_12_2_REPORT)
+    assert encode_nic_info(info) == VMTOOLSD_12_2_REPORT
+    assert VMTOOLSD_12_2_REPORT.startswith(OBSERVED_PREFIX)
+    assert info.nics[0].mac_address == MAC_OBSERVED
+    assert (str(info.nics[0].ips[0].address), info.nics[0].ips[0].prefix_length) == ("192.0.2.2", 24)
+    assert len(info.routes) == 8 and {r.type for r in info.routes} == {0}
+    default = info.routes[0]
+    assert (str(default.dest), default.prefix_length, str(default.next_hop)) == ("0.0.0.0", 0, "192.0.2.1")
+    assert info.dns == DnsConfigInfo("vm", "", (TypedIpAddress.from_ip("10.255.255.53"),), ())
+
+
 def test_observed_prefix_alone_is_truncated() -> None:
     with pytest.raises(NicInfoError):
         decode_nic_info(OBSERVED_PREFIX)
@@ -107,11 +126,14 @@ TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=1
 NAME = TEXT.filter(lambda s: len(s.encode()) <= 255)
 
 
+ENUM_INTS = st.integers(-(1 << 31), (1 << 31) - 1)  # rpcgen does not check enums; neither do we
+
+
 def typed_ips() -> st.SearchStrategy[TypedIpAddress]:
     return st.one_of(
         st.builds(TypedIpAddress, st.just(InetAddressType.IPV4), st.binary(min_size=4, max_size=4)),
         st.builds(TypedIpAddress, st.just(InetAddressType.IPV6), st.binary(min_size=16, max_size=16)),
-        st.builds(TypedIpAddress, st.sampled_from(InetAddressType), st.binary(max_size=24)),
+        st.builds(TypedIpAddress, st.sampled_from(InetAddressType) | ENUM_INTS, st.binary(max_size=24)),
     )
 
 
@@ -120,13 +142,13 @@ DNS = st.builds(DnsConfigInfo, st.none() | NAME, st.none() | NAME, st.lists(type
                 st.lists(NAME, max_size=3).map(tuple))
 WINS = st.builds(WinsConfigInfo, typed_ips(), typed_ips())
 DHCP = st.builds(DhcpConfigInfo, st.booleans(), TEXT)
-IP_ENTRIES = st.builds(IpAddressEntry, typed_ips(), U32, st.none() | st.sampled_from(IpAddressOrigin),
-                       st.none() | st.sampled_from(IpAddressStatus))
+IP_ENTRIES = st.builds(IpAddressEntry, typed_ips(), U32, st.none() | st.sampled_from(IpAddressOrigin) | ENUM_INTS,
+                       st.none() | st.sampled_from(IpAddressStatus) | ENUM_INTS)
 MAC = st.text("0123456789abcdef:", max_size=18)
 NICS = st.builds(GuestNicV3, MAC, st.lists(IP_ENTRIES, max_size=4).map(tuple), st.none() | DNS, st.none() | WINS,
                  st.none() | DHCP, st.none() | DHCP)
 ROUTES = st.builds(InetCidrRouteEntry, typed_ips(), U32, st.none() | typed_ips(), U32,
-                   st.sampled_from(InetCidrRouteType), U32)
+                   st.sampled_from(InetCidrRouteType) | ENUM_INTS, U32)
 INFOS = st.builds(NicInfoV3, st.lists(NICS, max_size=3).map(tuple), st.lists(ROUTES, max_size=3).map(tuple),
                   st.none() | DNS, st.none() | WINS, st.none() | DHCP, st.none() | DHCP)
 
@@ -208,8 +230,8 @@ def test_limits_on_decode() -> None:
         b"",
         words(4, 1),  # no such version
         words(3, 2),  # pointer flag 2
-        words(3, 1, 1) + xdr_string(b"m") + words(1) + words(7, 4) + b"\0" * 4 + words(24, 0, 0) + words(0) * 9,
-        words(3, 1, 1) + xdr_string(b"m") + words(1) + words(1, 4) + b"\0" * 4 + words(24, 1, 3) + words(0) * 9,
+        words(3, 1, 1) + xdr_string(b"m") + words(1) + words(1, 4) + b"\0" * 4 + words(24, 2, 0) + words(0) * 8,
+        words(3, 1, 1) + xdr_string(b"m") + words(1) + words(1, 256) + b"\0" * 256 + words(24, 0, 0) + words(0) * 8,
         encode_nic_info(OBSERVED) + b"\0\0\0\0",  # trailing bytes
     ],
 )

@@ -2,8 +2,11 @@
 
 The types mirror open-vm-tools' ``lib/guestRpc/nicinfo.x`` and encode
 byte-for-byte as its rpcgen output does (protocol.md §5).  Decoding is
-strict: unknown enum values, counts over the declared maxima, bad padding
-or trailing bytes raise `NicInfoError`, the only exception a decoder raises.
+strict about structure: counts over the declared maxima, bad padding or
+trailing bytes raise `NicInfoError`, the only exception a decoder raises.
+Enum fields are not checked, as rpcgen's xdr_enum does not check them:
+vmtoolsd 12.2 really sends route type 0, which nicinfo.x does not define.
+Known values decode to their IntEnum, others stay plain ints.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class NicInfoAddrType(IntEnum):
 class TypedIpAddress:
     """An address as raw bytes (4 for IPv4, 16 for IPv6; zoned forms carry more)."""
 
-    type: InetAddressType
+    type: InetAddressType | int
     address: bytes
 
     @classmethod
@@ -109,15 +112,18 @@ class TypedIpAddress:
 
     def __str__(self) -> str:
         ip = self.ip
-        return str(ip) if ip is not None else f"{self.type.name}:{self.address.hex()}"
+        if ip is not None:
+            return str(ip)
+        name = self.type.name if isinstance(self.type, InetAddressType) else str(self.type)
+        return f"{name}:{self.address.hex()}"
 
 
 @dataclass(frozen=True)
 class IpAddressEntry:
     address: TypedIpAddress
     prefix_length: int
-    origin: IpAddressOrigin | None = None
-    status: IpAddressStatus | None = None
+    origin: IpAddressOrigin | int | None = None
+    status: IpAddressStatus | int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class InetCidrRouteEntry:
     prefix_length: int
     next_hop: TypedIpAddress | None
     if_index: int  # index into NicInfoV3.nics
-    type: InetCidrRouteType
+    type: InetCidrRouteType | int  # vmtoolsd on Linux sends 0, "not set"
     metric: int = METRIC_UNUSED
 
 
@@ -175,7 +181,7 @@ class NicInfoV3:
 
 @dataclass(frozen=True)
 class VmIpAddress:
-    family: NicInfoAddrType
+    family: NicInfoAddrType | int
     dhcp_enabled: bool
     ip_address: str
     subnet_mask: str  # a prefix length ("24") or, from old Windows tools, a hex mask
@@ -358,7 +364,10 @@ def decode_nic_info(data: bytes) -> NicInfoV3 | GuestNicList:
     """Decode a GuestNicProto (the bytes after ``SetGuestInfo  10 `` or ``  9 ``)."""
     unpacker = Unpacker(data)
     try:
-        version = _enum(unpacker, NicInfoVersion)
+        version = unpacker.enum()
+        if version not in (NicInfoVersion.V2, NicInfoVersion.V3):
+            # The union has no default arm: rpcgen rejects any other version.
+            raise NicInfoError(f"unknown GuestNicProto version {version}")
         body: NicInfoV3 | GuestNicList | None
         if version == NicInfoVersion.V3:
             body = unpacker.optional(lambda: _unpack_nic_info_v3(unpacker))
@@ -381,12 +390,12 @@ def decode_guest_nic_proto(data: bytes) -> NicInfoV3:
     return info if isinstance(info, NicInfoV3) else from_v2(info)
 
 
-def _enum(unpacker: Unpacker, kind: type[E]) -> E:
+def _enum(unpacker: Unpacker, kind: type[E]) -> E | int:
     value = unpacker.enum()
     try:
         return kind(value)
     except ValueError:
-        raise NicInfoError(f"{value} is not a {kind.__name__}") from None
+        return value  # as rpcgen does: an enum is an int on the wire, unchecked
 
 
 def _from_text(data: bytes) -> str:

@@ -22,6 +22,12 @@ OS_NAME = 6
 UPTIME = 7
 IPADDRESS_V2 = 9
 IPADDRESS_V3 = 10
+OS_DETAILED = 11
+
+# HostinfoDetailedDataHeader (protocol.md §5): u32 version, char shortName[129], char fullName[513], pad.
+_DETAILED_SHORT = slice(4, 133)
+_DETAILED_FULL = slice(133, 646)
+_DETAILED_HEADER_SIZE = 648
 
 NicView = dict[str, object]
 
@@ -56,6 +62,17 @@ def nics(info: NicInfoV3) -> list[NicView]:
     ]
 
 
+def os_detailed_names(raw: bytes | None) -> tuple[str, str] | None:
+    """(short name, full name) from a key 11 value, which vmtoolsd sends instead of keys 5 and 6."""
+    if raw is None or len(raw) < _DETAILED_HEADER_SIZE:
+        return None
+
+    def field(part: bytes) -> str:
+        return part.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    return field(raw[_DETAILED_SHORT]), field(raw[_DETAILED_FULL])
+
+
 def first_ipv4(net: list[NicView] | None) -> str | None:
     """The address vSphere shows as ``guest.ipAddress`` when the guest set no ``guestinfo.ip``."""
     for nic in net or []:
@@ -73,7 +90,7 @@ def first_ipv4(net: list[NicView] | None) -> str | None:
 def guest_fields(guest_info: Mapping[int, bytes]) -> dict[str, object]:
     """``guest.net``, ``guest.hostName``, ``guest.guestFullName``, ``guest.osName`` and ``guest.uptimeSeconds``.
 
-    Key 10 (V3) wins over key 9; absent or undecodable values are None.
+    Key 10 (V3) wins over key 9, keys 5/6 over key 11; absent or undecodable values are None.
     """
     net: list[NicView] | None = None
     for key in (IPADDRESS_V3, IPADDRESS_V2):
@@ -87,11 +104,12 @@ def guest_fields(guest_info: Mapping[int, bytes]) -> dict[str, object]:
             continue
         break
     uptime = _text(guest_info.get(UPTIME))
+    detailed = os_detailed_names(guest_info.get(OS_DETAILED))
     return {
         "guest.net": net,
         "guest.hostName": _text(guest_info.get(DNS_NAME)),
-        "guest.guestFullName": _text(guest_info.get(OS_NAME_FULL)),
-        "guest.osName": _text(guest_info.get(OS_NAME)),
+        "guest.guestFullName": _text(guest_info.get(OS_NAME_FULL)) or (detailed[1] if detailed else None),
+        "guest.osName": _text(guest_info.get(OS_NAME)) or (detailed[0] if detailed else None),
         # The guest reports hundredths of a second.
         "guest.uptimeSeconds": int(uptime) // 100 if uptime and uptime.isdigit() else None,
     }

@@ -1,0 +1,74 @@
+"""The VMX's reading of stored SetGuestInfo values."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from twisted_vmtools.codecs.nicinfo import (
+    GuestNic,
+    GuestNicList,
+    NicInfoAddrType,
+    VmIpAddress,
+    encode_nic_info,
+)
+from twisted_vmtools.vmx.guestinfo_view import first_ipv4, guest_fields, os_detailed_names
+
+VMTOOLSD_12_2_REPORT = bytes.fromhex((Path(__file__).parent / "vmtoolsd-12.2.0-nicinfo.hex").read_text())
+
+
+def detailed(short: bytes, full: bytes, pairs: bytes) -> bytes:
+    return struct.pack("<I", 1) + short.ljust(129, b"\0") + full.ljust(513, b"\0") + b"\0\0" + pairs
+
+
+def test_vmtoolsd_report_as_stored() -> None:
+    # The RPCI parser drops the report's last (zero) byte; the view puts it back.
+    fields = guest_fields({10: VMTOOLSD_12_2_REPORT[:-1], 1: b"vm", 7: b"198094"})
+    assert fields["guest.net"] == [{
+        "macAddress": "02:fc:00:00:00:01",
+        "ipAddress": ["192.0.2.2", "fd00::2", "fe80::fc:ff:fe00:1"],
+        "prefixes": [24, 64, 64],
+    }]
+    assert fields["guest.hostName"] == "vm"
+    assert fields["guest.uptimeSeconds"] == 1980
+    assert guest_fields({10: VMTOOLSD_12_2_REPORT})["guest.net"] == fields["guest.net"]
+
+
+def test_v2_on_key_9() -> None:
+    v2 = GuestNicList((GuestNic("02:fc:00:00:00:02", (VmIpAddress(NicInfoAddrType.IPV4, True, "192.0.2.9", "24"),)),))
+    net = guest_fields({9: encode_nic_info(v2)})["guest.net"]
+    assert net == [{"macAddress": "02:fc:00:00:00:02", "ipAddress": ["192.0.2.9"], "prefixes": [24]}]
+
+
+def test_key_10_wins_and_a_bad_key_10_falls_back_to_9() -> None:
+    v2 = GuestNicList((GuestNic("02:fc:00:00:00:02"),))
+    both = guest_fields({9: encode_nic_info(v2), 10: VMTOOLSD_12_2_REPORT})["guest.net"]
+    assert isinstance(both, list) and both[0]["macAddress"] == "02:fc:00:00:00:01"
+    broken = guest_fields({9: encode_nic_info(v2), 10: b"\0\0\0\x03garbage!"})["guest.net"]
+    assert isinstance(broken, list) and broken[0]["macAddress"] == "02:fc:00:00:00:02"
+
+
+def test_os_detailed() -> None:
+    raw = detailed(b"debian12-64", b"Linux 6.1 Debian GNU/Linux 12 (bookworm)", b"bitness='64'")
+    assert os_detailed_names(raw) == ("debian12-64", "Linux 6.1 Debian GNU/Linux 12 (bookworm)")
+    fields = guest_fields({11: raw})
+    assert (fields["guest.osName"], fields["guest.guestFullName"]) == ("debian12-64",
+                                                                        "Linux 6.1 Debian GNU/Linux 12 (bookworm)")
+    assert guest_fields({11: raw, 5: b"Full", 6: b"short"})["guest.guestFullName"] == "Full"
+    assert os_detailed_names(b"\1\0\0\0short") is None
+
+
+def test_first_ipv4_skips_link_local_and_v6() -> None:
+    net: list[dict[str, object]] = [
+        {"macAddress": "a", "ipAddress": ["fe80::1", "169.254.1.1", "bogus"], "prefixes": [64, 16, None]},
+        {"macAddress": "b", "ipAddress": ["198.51.100.4"], "prefixes": [24]},
+    ]
+    assert first_ipv4(net) == "198.51.100.4"
+    assert first_ipv4(None) is None
+
+
+def test_nothing_reported() -> None:
+    assert guest_fields({}) == {
+        "guest.net": None, "guest.hostName": None, "guest.guestFullName": None, "guest.osName": None,
+        "guest.uptimeSeconds": None,
+    }
