@@ -51,6 +51,7 @@ from ..codecs.nicinfo import (
 )
 from ..protocols.rpci import RPCI, RPCIError
 from ..protocols.tclo import TCLODispatcher
+from .core import CoreHandlers
 
 DEFAULT_INTERVAL = 30.0  # vmtoolsd's [guestinfo] poll-interval
 COMMAND = b"SetGuestInfo"
@@ -370,22 +371,19 @@ class GuestInfo(Service):
         self._loop = LoopingCall(self.gather)
         self._loop.clock = reactor
 
-    def install(self, dispatcher: TCLODispatcher, core: Any) -> None:
+    def install(self, dispatcher: TCLODispatcher, core: CoreHandlers) -> None:
         """Hook ``reset`` and ``Capabilities_Register``, keeping the core handlers' replies.
 
         ``core`` is the `CoreHandlers` already installed; its handlers are
         wrapped so that reset forgets what was sent and Capabilities_Register
         also reports the uptime (the VMX uses it to detect a soft reset).
         """
-        core_reset: Callable[[bytes], bytes] = core.reset
-        core_register: Callable[[bytes], Any] = core.capabilities_register
-
         def reset(args: bytes) -> bytes:
             self.forget()
-            return core_reset(args)
+            return core.reset(args)
 
         async def capabilities_register(args: bytes) -> bytes:
-            reply: bytes = await core_register(args)
+            reply = await core.capabilities_register(args)
             await self.send_uptime()
             return reply
 
