@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 from twisted.application.service import IService, MultiService
@@ -33,7 +34,25 @@ class Options(usage.Options):
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
         ["trace", None, "log every RPC in both directions"],
+        ["with-tls", None, "let the reactor load pyOpenSSL (only for extensions that need TLS)"],
     ]
+
+    def postOptions(self) -> None:
+        if not self["with-tls"]:
+            without_tls()
+
+
+def without_tls() -> None:
+    """Keep pyOpenSSL out of this process.
+
+    twistd parses options before it imports the reactor, and the reactor
+    imports pyOpenSSL and cryptography whenever they are installed (treq
+    brings them): about 12 MB of RSS in a daemon that only ever talks to its
+    VMX.  Marking the module absent makes Twisted run without TLS, as on a
+    machine without pyOpenSSL.  Nothing happens if TLS is already loaded.
+    """
+    if "OpenSSL" not in sys.modules:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
 
     def postOptions(self) -> None:
         guest_info_interval(self["guestinfo-interval"])

@@ -181,18 +181,25 @@ class StreamChannel:
     # -- RPCI
 
     def rpci(self, request: bytes) -> Deferred[bytes]:
+        connection = self._rpci
+        if connection is not None and not connection.lost:
+            return self._timed(connection, connection.request(request))  # the usual case: no lock, no coroutine
         return defer.ensureDeferred(self._rpci_call(request))
 
     async def _rpci_call(self, request: bytes) -> bytes:
-        protocol = await self._rpci_connection()
-        reply = protocol.request(request)
+        connection = await self._rpci_connection()
+        return await self._timed(connection, connection.request(request))
+
+    def _timed(self, connection: GuestRPCIProtocol, reply: Deferred[bytes]) -> Deferred[bytes]:
+        def timed_out(failure: Failure) -> Failure:
+            if failure.check(defer.TimeoutError):
+                # The stream is out of step now: start a fresh one for the next call.
+                connection.transport.loseConnection()  # type: ignore[union-attr]
+                return Failure(ChannelError(f"no RPCI reply within {self._rpci_timeout} s"))
+            return failure
+
         reply.addTimeout(self._rpci_timeout, self._reactor)  # type: ignore[arg-type]
-        try:
-            return await reply
-        except defer.TimeoutError:
-            # The stream is out of step now: start a fresh one for the next call.
-            protocol.transport.loseConnection()  # type: ignore[union-attr]
-            raise ChannelError(f"no RPCI reply within {self._rpci_timeout} s") from None
+        return reply.addErrback(timed_out)
 
     async def _rpci_connection(self) -> GuestRPCIProtocol:
         # The lock makes concurrent first calls share one connect.
