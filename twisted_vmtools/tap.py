@@ -38,6 +38,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        guest_info_interval(self["guestinfo-interval"])
         if not self["with-tls"]:
             without_tls()
 
@@ -53,9 +54,6 @@ def without_tls() -> None:
     """
     if "OpenSSL" not in sys.modules:
         sys.modules["OpenSSL"] = None  # type: ignore[assignment]
-
-    def postOptions(self) -> None:
-        guest_info_interval(self["guestinfo-interval"])
 
 
 def guest_info_interval(value: object) -> float | None:

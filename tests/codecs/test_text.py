@@ -104,18 +104,27 @@ def test_tclo_garbage_raises_only_tclo_error(data: bytes) -> None:
         (b"tools.capability.resolution_set ", b"tools.capability.resolution_set", b""),  # trailing space
         (b"bogus", b"bogus", b""),  # rpctool drops the space after a bare name
         (b"bogus\0", b"bogus", b""),
-        (b"SetGuestInfo  10 \x00\x01", b"SetGuestInfo", b" 10 \x00\x01"),  # binary XDR kept exact
+        (b"SetGuestInfo  10 \x00\x01", b"SetGuestInfo", b" 10 \x00\x01"),
     ],
 )
 def test_rpci_parse_request(data: bytes, name: bytes, args: bytes) -> None:
-    assert rpci.parse_request(data) == rpci.RPCIRequest(name, args)
+    request = rpci.parse_request(data)
+    assert (request.name, request.args) == (name, args)
+
+
+def test_rpci_raw_args_keep_a_binary_payload_exact() -> None:
+    request = rpci.parse_request(b"SetGuestInfo  10 \x00\x01\x00")
+    assert request.raw_args == b" 10 \x00\x01\x00"  # an XDR report may end in a zero byte
+    assert request.args == b" 10 \x00\x01"
 
 
 @given(NAMES, st.binary(max_size=200), st.booleans())
 def test_rpci_request_with_or_without_nul(name: bytes, args: bytes, nul: bool) -> None:
     data = name + b" " + args
-    expected = rpci.RPCIRequest(name, args[:-1] if not nul and args.endswith(b"\0") else args)
-    assert rpci.parse_request(data + (b"\0" if nul else b"")) == expected
+    request = rpci.parse_request(data + (b"\0" if nul else b""))
+    assert request.name == name
+    assert request.args == (args[:-1] if not nul and args.endswith(b"\0") else args)
+    assert request.raw_args == args + (b"\0" if nul else b"")
 
 
 @pytest.mark.parametrize("data", [b"", b"\0", b" info-get", b" \0"])

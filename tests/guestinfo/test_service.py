@@ -140,7 +140,8 @@ def test_only_changes_are_sent() -> None:
 def refuse(harness: Harness, refused: object, reply: bytes = b"") -> list[bytes]:
     """Make the VMX answer some SetGuestInfo requests with ``0 `` (or ``1 <reply>``)."""
     server = harness.vmx.rpci_server
-    store = server._handlers[b"SetGuestInfo"]  # the real handler, which stores the value
+    store = server.handler(b"SetGuestInfo")  # the real handler, which stores the value
+    assert store is not None
     seen: list[bytes] = []
 
     def handler(args: bytes) -> RPCIReply:
@@ -149,7 +150,7 @@ def refuse(harness: Harness, refused: object, reply: bytes = b"") -> list[bytes]
             return RPCIReply(bool(reply), reply or b"Unknown guest info type")
         return store(args)
 
-    server.register(b"SetGuestInfo", handler)
+    server.register(b"SetGuestInfo", handler, raw=True)
     return seen
 
 
@@ -162,7 +163,7 @@ def test_falls_back_to_key_9_then_v2_and_stays_there() -> None:
     harness.settle(30)
     stored = harness.vmx.tools.guest_info
     assert 10 not in stored
-    v3_on_9 = decode_nic_info(stored[9] + b"\0" * (-len(stored[9]) % 4))
+    v3_on_9 = decode_nic_info(stored[9])
     assert isinstance(v3_on_9, NicInfoV3) and len(v3_on_9.nics[0].ips) == 64  # truncated for key 9
     assert harness.vmx.status()["guest.ipAddress"] == "192.0.2.1"
 
@@ -171,7 +172,7 @@ def test_falls_back_to_key_9_then_v2_and_stays_there() -> None:
     seen = refuse(harness2, lambda args: args.startswith(b" 10 ") or args.startswith(b" 9 \0\0\0\x03"))
     harness2.start()
     harness2.settle(30)
-    v2 = decode_nic_info(harness2.vmx.tools.guest_info[9] + b"\0" * (-len(harness2.vmx.tools.guest_info[9]) % 4))
+    v2 = decode_nic_info(harness2.vmx.tools.guest_info[9])
     assert isinstance(v2, GuestNicList) and v2.nics[0].ips[0].ip_address == "192.0.2.1"
     assert harness2.vmx.status()["guest.net"][0]["prefixes"][:2] == [24, 24]  # type: ignore[index]
     attempts = [a[:4] for a in seen if not a.startswith((b" 1 ", b" 5 ", b" 6 ", b" 7 "))]

@@ -15,8 +15,12 @@ class RPCIFormatError(ValueError):
 
 @dataclass(frozen=True)
 class RPCIRequest:
+    """``args`` has the sender's trailing NUL removed; ``raw_args`` is byte-exact,
+    for binary payloads (``SetGuestInfo  10 <XDR>``), whose last byte may be a zero."""
+
     name: bytes
     args: bytes = b""
+    raw_args: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,14 @@ def parse_request(data: bytes) -> RPCIRequest:
     Senders differ: vmtoolsd appends a NUL to text requests, rpctool may drop
     the space after a bare name, capability RPCs end in a space.  All of them
     name the same request.  Binary arguments (``SetGuestInfo  10 <XDR>``) are
-    kept byte-exact apart from that one trailing NUL.
+    kept byte-exact in ``raw_args``.
     """
-    if data.endswith(b"\0"):
-        data = data[:-1]
-    name, _, args = data.partition(b" ")
+    name, _, raw_args = data.partition(b" ")
+    name = name.rstrip(b"\0")
     if not name:
         raise RPCIFormatError("empty RPCI request")
-    return RPCIRequest(name, args)
+    args = raw_args[:-1] if raw_args.endswith(b"\0") else raw_args
+    return RPCIRequest(name, args, raw_args)
 
 
 def parse_reply(data: bytes) -> RPCIReply:

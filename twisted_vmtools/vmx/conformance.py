@@ -205,7 +205,7 @@ class Ours(Guest):
     async def start(self, reactor: Any, vmx: VMX, where: str, workdir: str) -> None:
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                 "--logfile", os.path.join(workdir, "twistd.log"), "vmtools",
-                "--transport", self._transport_option(where)]
+                "--transport", self._transport_option(where), "--guestinfo-interval", "2"]
         if self.transport == "backdoor":
             from .trap import spawn_trapped
 
@@ -262,20 +262,14 @@ async def _tclo_scenario(reactor: Any, vmx: VMX, scenario: Scenario) -> Observat
 
 
 def _nics(vmx: VMX) -> Observation:
-    raw = vmx.tools.guest_info.get(10)
-    if raw is None:
-        return Observation("no NIC report")
-    try:
-        from ..codecs.nicinfo import decode_guest_nic_proto
-
-        info = decode_guest_nic_proto(raw)
-    except Exception as error:
-        return Observation(f"undecodable NIC report ({error})")
-    nics = []
-    for nic in info.nics:  # type: ignore[attr-defined]
-        addresses = sorted(f"{ip.address}/{ip.prefix_length}" for ip in nic.ips)
-        nics.append(f"{nic.mac_address} {' '.join(addresses)}")
-    return Observation("; ".join(sorted(nics)))
+    net = vmx.status().get("guest.net")
+    if not net:
+        return Observation("no NIC report" if 10 not in vmx.tools.guest_info else "undecodable NIC report")
+    shown = []
+    for nic in net:  # type: ignore[attr-defined]
+        addresses = sorted(f"{ip}/{prefix}" for ip, prefix in zip(nic["ipAddress"], nic["prefixes"], strict=True))
+        shown.append(f"{nic['macAddress']} {' '.join(addresses)}")
+    return Observation("; ".join(sorted(shown)))
 
 
 async def observe(reactor: Any, guest: Guest) -> dict[str, Observation]:

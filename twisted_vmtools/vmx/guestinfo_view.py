@@ -39,14 +39,7 @@ def _text(raw: bytes | None) -> str | None:
 
 
 def decode_stored_nic_info(raw: bytes) -> NicInfoV3:
-    """Decode a stored key 9/10 value (V2 reports come back as V3).
-
-    The RPCI request parser drops one trailing NUL (text requests end in
-    one), and XDR often ends in a zero byte; a value one byte short of a
-    4-byte multiple has lost exactly that byte, so it is put back.
-    """
-    if len(raw) % 4 == 3:
-        raw += b"\0"
+    """Decode a stored key 9/10 value (V2 reports come back as V3)."""
     return decode_guest_nic_proto(raw)
 
 

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from ..codecs.rpci import UNKNOWN_COMMAND, RPCIFormatError, RPCIReply, parse_request
 
 NO_VALUE = b"No value found"
+TEXT_GUEST_INFO = frozenset({1, 4, 5, 6, 7})  # host name, build, OS names, uptime
 
 RPCIHandler = Callable[[bytes], RPCIReply]
 
@@ -42,6 +43,7 @@ class RPCIServer:
         self.guestinfo = guestinfo
         self.tools = tools
         self._handlers: dict[bytes, RPCIHandler] = {}
+        self._raw_handlers: dict[bytes, RPCIHandler] = {}
         self._prefix_handlers: list[tuple[bytes, Callable[[bytes, bytes], RPCIReply]]] = []
         for name, handler in {
             b"info-set": self._info_set,
@@ -50,7 +52,6 @@ class RPCIServer:
             b"vmx.capability.unified_loop": _ok,
             b"tools.set.version": self._set_version,
             b"tools.set.versiontype": self._set_version_type,
-            b"SetGuestInfo": self._set_guest_info,
             b"SetGuestDiskInfo": self._set_disk_info,
             b"tools.os.statechange.status": self._state_change,
             b"update.tools.health": self._health,
@@ -59,9 +60,16 @@ class RPCIServer:
         }.items():
             self.register(name, handler)
         self.register_prefix(b"tools.capability.", self._capability)
+        self.register(b"SetGuestInfo", self._set_guest_info, raw=True)
 
-    def register(self, name: bytes, handler: RPCIHandler) -> None:
-        self._handlers[name] = handler
+    def register(self, name: bytes, handler: RPCIHandler, *, raw: bool = False) -> None:
+        """Answer ``name`` with ``handler``; ``raw`` handlers get the arguments byte-exact
+        (for binary payloads), others without the sender's trailing NUL."""
+        (self._raw_handlers if raw else self._handlers)[name] = handler
+        (self._handlers if raw else self._raw_handlers).pop(name, None)
+
+    def handler(self, name: bytes) -> RPCIHandler | None:
+        return self._raw_handlers.get(name) or self._handlers.get(name)
 
     def register_prefix(self, prefix: bytes, handler: Callable[[bytes, bytes], RPCIReply]) -> None:
         self._prefix_handlers.append((prefix, handler))
@@ -72,6 +80,8 @@ class RPCIServer:
         except RPCIFormatError:
             return RPCIReply(False, UNKNOWN_COMMAND).encode()
         try:
+            if parsed.name in self._raw_handlers:
+                return self._raw_handlers[parsed.name](parsed.raw_args).encode()
             return self._dispatch(parsed.name, parsed.args).encode()
         except Exception as error:
             self.log.failure("RPCI handler for {name!r} failed", name=parsed.name)
@@ -124,11 +134,15 @@ class RPCIServer:
         self.tools.capabilities[name.decode("utf-8", "replace")] = args.strip().decode("utf-8", "replace")
         return RPCIReply(True)
 
-    def _set_guest_info(self, args: bytes) -> RPCIReply:
-        # "SetGuestInfo  <key> <value>": two spaces, so args start with one more.
-        key, _, value = args.lstrip(b" ").partition(b" ")
+    def _set_guest_info(self, raw_args: bytes) -> RPCIReply:
+        # "SetGuestInfo  <key> <value>": two spaces, so args start with one more.  Text
+        # values end in the sender's NUL; binary ones (XDR, structs) are length-exact.
+        key, _, value = raw_args.lstrip(b" ").partition(b" ")
         try:
-            self.tools.guest_info[int(key)] = value
+            number = int(key)
+            if number in TEXT_GUEST_INFO and value.endswith(b"\0"):
+                value = value[:-1]
+            self.tools.guest_info[number] = value
         except ValueError:
             return RPCIReply(False, b"Invalid key")
         return RPCIReply(True)
