@@ -32,11 +32,13 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
 SIM = [sys.executable, "-m", "twisted_vmtools.vmx.cli"]
 
 
-def start_simulator(path: Path, *trapped_guest: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_simulator(path: Path, *trapped_guest: str, log: Path | None = None,
+                    low_bandwidth: bool = False) -> subprocess.Popen[bytes]:
     trap = ["--trap", "--", *trapped_guest] if trapped_guest else []
+    bandwidth = ["--low-bandwidth"] if low_bandwidth else []
     with open(log or os.devnull, "wb") as out:
         process = subprocess.Popen(
-            [*SIM, "serve", "--socket", str(path), "--ping-interval", "0.5", *trap],
+            [*SIM, "serve", "--socket", str(path), "--ping-interval", "0.5", *bandwidth, *trap],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
         )
     wait_for(lambda: path.exists(), "the simulator's socket")
@@ -84,20 +86,24 @@ def socket_path(tmp_path: Path) -> Path:
     return tmp_path / "vmx.sock"
 
 
-@pytest.fixture(params=["stream", "backdoor", "auto"])
+@pytest.fixture(params=["stream", "backdoor", "backdoor-low-bandwidth", "auto"])
 def simulator_and_guest(request: pytest.FixtureRequest, socket_path: Path,
                         tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], ...]]:
     """The guest over the Unix socket, or trapped under the simulator using the real backdoor.
 
     ``auto`` under the trap engine also shows the fallback: the sandbox refuses
     AF_VSOCK, so the guest settles on the backdoor as open-vm-tools would.
+    ``backdoor-low-bandwidth``: the VMX offers no ``rep insb/outsb`` transfers,
+    so every message moves in 4-byte ``in`` calls.
     """
     if request.param == "stream":
         simulator = start_simulator(socket_path)
         guest = start_guest(socket_path, tmp_path / "guest.log")
     else:
         pytest.importorskip("twisted_vmtools._backdoor")
-        simulator = start_simulator(socket_path, *guest_command(request.param), log=tmp_path / "serve.log")
+        transport, _, bandwidth = request.param.partition("-")
+        simulator = start_simulator(socket_path, *guest_command(transport), log=tmp_path / "serve.log",
+                                    low_bandwidth=bool(bandwidth))
         guest = simulator  # the simulator runs the guest under its trap engine
     try:
         yield simulator, guest

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trace", action="store_true", help="print every RPC in both directions")
     serve.add_argument("--ping-interval", type=float, default=5.0, help="seconds between TCLO pings")
     serve.add_argument("--trap", action="store_true", help="run the command after -- as the guest, trapped")
+    serve.add_argument("--low-bandwidth", action="store_true",
+                       help="offer no high-bandwidth transfers: trapped guests move messages 4 bytes at a time")
     serve.add_argument("program", nargs=argparse.REMAINDER, help="with --trap: -- CMD [ARGS...]")
 
     status = with_socket(sub.add_parser("status", help="what the VMX sees of the guest"))
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a program as a trapped guest of its own VMX; exit with its code")
     run.add_argument("--trace", action="store_true")
+    run.add_argument("--low-bandwidth", action="store_true", help="offer no high-bandwidth transfers")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     return parser
 
@@ -132,7 +135,7 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
 
         _start_logging(True)
         return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
-                           trap=_program(args) if args.trap else None)
+                           trap=_program(args) if args.trap else None, high_bandwidth=not args.low_bandwidth)
     if args.command == "conformance":
         from .conformance import run_conformance
 
@@ -141,7 +144,7 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         from .serve import run_trapped
 
         _start_logging(args.trace)
-        return await run_trapped(reactor, _program(args), trace=args.trace)
+        return await run_trapped(reactor, _program(args), trace=args.trace, high_bandwidth=not args.low_bandwidth)
     raise AssertionError(args.command)
 
 

@@ -29,36 +29,39 @@ class ReactorBackdoorHost:
 
     def __init__(self, reactor: object, host: BackdoorHost) -> None:
         self._reactor = reactor
-        self._host = host
+        self.host = host
 
     def low_bandwidth(self, owner: int, regs: Registers) -> Registers | None:
-        return blockingCallFromThread(self._reactor, self._host.low_bandwidth, owner, regs)  # type: ignore[arg-type]
+        return blockingCallFromThread(self._reactor, self.host.low_bandwidth, owner, regs)  # type: ignore[arg-type]
 
     def high_bandwidth_out(self, owner: int, regs: Registers, data: bytes) -> Registers:
         return blockingCallFromThread(  # type: ignore[no-any-return]
-            self._reactor, self._host.high_bandwidth_out, owner, regs, data  # type: ignore[arg-type]
+            self._reactor, self.host.high_bandwidth_out, owner, regs, data  # type: ignore[arg-type]
         )
 
     def high_bandwidth_in(self, owner: int, regs: Registers) -> tuple[Registers, bytes]:
         return blockingCallFromThread(  # type: ignore[no-any-return]
-            self._reactor, self._host.high_bandwidth_in, owner, regs  # type: ignore[arg-type]
+            self._reactor, self.host.high_bandwidth_in, owner, regs  # type: ignore[arg-type]
         )
 
     def owner_exited(self, owner: int) -> None:
-        blockingCallFromThread(self._reactor, self._host.owner_exited, owner)  # type: ignore[arg-type]
+        blockingCallFromThread(self._reactor, self.host.owner_exited, owner)  # type: ignore[arg-type]
 
 
-def trapped_host(reactor: object, vmx: VMX) -> ReactorBackdoorHost:
-    return ReactorBackdoorHost(reactor, BackdoorHost(backdoor_endpoints(vmx)))  # type: ignore[arg-type]
+def trapped_host(reactor: object, vmx: VMX, *, high_bandwidth: bool = True) -> ReactorBackdoorHost:
+    """The backdoor of ``vmx`` for the trap engine; without ``high_bandwidth`` every
+    message moves in 4-byte low-bandwidth calls, as on a VMX that does not offer HB."""
+    host = BackdoorHost(backdoor_endpoints(vmx), high_bandwidth=high_bandwidth)  # type: ignore[arg-type]
+    return ReactorBackdoorHost(reactor, host)
 
 
-async def run_program(reactor: object, vmx: VMX, program: list[str]) -> int:
+async def run_program(reactor: object, vmx: VMX, program: list[str], *, high_bandwidth: bool = True) -> int:
     """Run ``program`` under the trap engine as a guest of ``vmx``; its exit code."""
     from .trap import spawn_trapped
 
     if not program:
         raise SystemExit("vmtools-sim: give the program to run after --")
-    trapped = spawn_trapped(reactor, trapped_host(reactor, vmx), program)
+    trapped = spawn_trapped(reactor, trapped_host(reactor, vmx, high_bandwidth=high_bandwidth), program)
     try:
         return int(await trapped.ended)
     finally:
@@ -72,13 +75,14 @@ async def serve(
     trace: bool = False,
     ping_interval: float = 5.0,
     trap: list[str] | None = None,
+    high_bandwidth: bool = True,
 ) -> int:
     vmx = VMX(reactor, ping_interval=ping_interval)
     simulator = SimulatorService(reactor, where, vmx=vmx, trace=trace)
     simulator.startService()
     try:
         if trap is not None:
-            code = await run_program(reactor, vmx, trap)
+            code = await run_program(reactor, vmx, trap, high_bandwidth=high_bandwidth)
             log.info("trapped guest exited with {code}", code=code)
             return code
         forever: Deferred[int] = Deferred()
@@ -87,7 +91,11 @@ async def serve(
         await simulator.stopService()
 
 
-async def run_trapped(reactor: IReactorTime, program: list[str], *, trace: bool = False) -> int:
+async def run_trapped(
+    reactor: IReactorTime, program: list[str], *, trace: bool = False, high_bandwidth: bool = True
+) -> int:
     """`vmtools-sim run`: a private VMX (socket in a temporary directory) for one program."""
     with tempfile.TemporaryDirectory(prefix="vmtools-sim-") as directory:
-        return await serve(reactor, os.path.join(directory, "vmx.sock"), trace=trace, trap=program)
+        return await serve(
+            reactor, os.path.join(directory, "vmx.sock"), trace=trace, trap=program, high_bandwidth=high_bandwidth
+        )
