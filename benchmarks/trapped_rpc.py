@@ -28,8 +28,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
 from twisted_vmtools.vmx.model import VMX
-from twisted_vmtools.vmx.serve import trapped_host
-from twisted_vmtools.vmx.trap import spawn_trapped
+from twisted_vmtools.vmx.serve import spawn_guest
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile",
           os.devnull, "vmtools", "--transport", "backdoor", "--guestinfo-interval", "0"]
@@ -38,9 +37,9 @@ VMTOOLSD = ["vmtoolsd", "-n", "vmsvc"]
 
 async def measure(reactor: Any, argv: list[str], high_bandwidth: bool, count: int) -> dict[str, tuple[float, float]]:
     vmx = VMX(reactor, ping_interval=3600)
-    host = trapped_host(reactor, vmx, high_bandwidth=high_bandwidth)
     devnull = os.open(os.devnull, os.O_WRONLY)
-    program = spawn_trapped(reactor, host, argv, stdout=devnull, stderr=devnull)
+    program = spawn_guest(reactor, vmx, argv, high_bandwidth=high_bandwidth, stdout=devnull, stderr=devnull)
+    host = program.engine.host
     try:
         for _ in range(600):
             if vmx.running:

@@ -27,7 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .model import VMX
-from .serve import trapped_host
+from .serve import spawn_guest
 from .simulator import SimulatorService
 
 log = Logger()
@@ -124,12 +124,9 @@ class Guest:
 
 
 async def _run_trapped(reactor: Any, vmx: VMX, argv: list[str], workdir: str) -> tuple[int, str, str]:
-    from .trap import spawn_trapped
-
     out_path, err_path = os.path.join(workdir, "out"), os.path.join(workdir, "err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        program = spawn_trapped(reactor, trapped_host(reactor, vmx), argv, stdout=out.fileno(),
-                                stderr=err.fileno(), timeout=30)
+        program = spawn_guest(reactor, vmx, argv, stdout=out.fileno(), stderr=err.fileno(), timeout=30)
         code = await program.ended
     with open(out_path, "rb") as out, open(err_path, "rb") as err:
         return code, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
@@ -162,26 +159,27 @@ class Vmtoolsd(Guest):
 
     def __init__(self) -> None:
         self._program: Any = None
+        self._devnull: int | None = None
 
     @staticmethod
     def available() -> bool:
         return bool(shutil.which("vmtoolsd") and shutil.which("vmware-rpctool"))
 
     async def start(self, reactor: Any, vmx: VMX, where: str, workdir: str) -> None:
-        from .trap import spawn_trapped
-
         conf = os.path.join(workdir, "tools.conf")
         with open(conf, "w") as f:
             f.write(VMTOOLSD_CONF)
-        self._program = spawn_trapped(
-            reactor, trapped_host(reactor, vmx), ["vmtoolsd", "-n", "vmsvc", "-c", conf],
-            stdout=os.open(os.devnull, os.O_WRONLY), stderr=os.open(os.devnull, os.O_WRONLY),
-        )
+        self._devnull = os.open(os.devnull, os.O_WRONLY)
+        self._program = spawn_guest(reactor, vmx, ["vmtoolsd", "-n", "vmsvc", "-c", conf],
+                                    stdout=self._devnull, stderr=self._devnull)
 
     async def stop(self) -> None:
         if self._program is not None:
             self._program.terminate()
             await self._program.ended
+        if self._devnull is not None:
+            os.close(self._devnull)
+            self._devnull = None
 
     async def rpctool(self, reactor: Any, vmx: VMX, where: str, request: bytes, workdir: str) -> Observation:
         code, out, err = await _run_trapped(reactor, vmx, ["vmware-rpctool", request.decode()], workdir)
@@ -207,9 +205,7 @@ class Ours(Guest):
                 "--logfile", os.path.join(workdir, "twistd.log"), "vmtools",
                 "--transport", self._transport_option(where), "--guestinfo-interval", "2"]
         if self.transport == "backdoor":
-            from .trap import spawn_trapped
-
-            self._program = spawn_trapped(reactor, trapped_host(reactor, vmx), argv)
+            self._program = spawn_guest(reactor, vmx, argv)
             return
         self._collect = _Collect()
         self._process = reactor.spawnProcess(self._collect, sys.executable, argv, env=os.environ, path=os.getcwd())
