@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..channels.interfaces import ITCLOHandler
-from ..codecs.tclo import BAD_COMMAND, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
+from ..codecs.tclo import BAD_COMMAND, OK_PREFIX, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
 
 HandlerResult = bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]
 Handler = Callable[[bytes], HandlerResult]
@@ -69,10 +69,14 @@ class TCLODispatcher:
         handler = self._handlers.get(parsed.name)
         if handler is None:
             return _done(TCLOReply(False, UNKNOWN_COMMAND))
-        running = maybeDeferred(_call, handler, parsed.args)
-        return running.addCallbacks(
-            lambda body: TCLOReply(True, body).encode(), self._failed, errbackArgs=(parsed.name,)
-        )
+        try:
+            result = handler(parsed.args)
+        except Exception:
+            return succeed(self._failed(Failure(), parsed.name))
+        if isinstance(result, bytes):
+            return succeed(OK_PREFIX + result)  # most handlers answer at once: skip the Deferred plumbing
+        running = maybeDeferred(_deferred, result)
+        return running.addCallbacks(lambda body: OK_PREFIX + body, self._failed, errbackArgs=(parsed.name,))
 
     def _failed(self, failure: Failure, name: bytes) -> bytes:
         if failure.check(TCLOHandlerError):
@@ -81,12 +85,9 @@ class TCLODispatcher:
         return TCLOReply(False, failure.getErrorMessage().encode("utf-8", "replace")).encode()
 
 
-def _call(handler: Handler, args: bytes) -> Deferred[bytes]:
-    result = handler(args)
+def _deferred(result: HandlerResult) -> Deferred[bytes]:
     if isinstance(result, Deferred):
         return result
-    if isinstance(result, bytes):
-        return succeed(result)
     if inspect.iscoroutine(result):
         return ensureDeferred(result)
     raise TypeError(f"TCLO handler returned {type(result).__name__}, not bytes")
