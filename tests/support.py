@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.address import UNIXAddress
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
@@ -27,11 +28,12 @@ class PumpEndpoint:
     refuse: bool = False
     pumps: list[iosim.IOPump] = field(default_factory=list)
 
-    def connect(self, factory: Factory) -> defer.Deferred[Protocol]:
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         if self.refuse:
             return defer.fail(ConnectionRefusedError("the VMX is not there"))
-        client = factory.buildProtocol(None)
-        server = self.server_factory.buildProtocol(None)
+        address = UNIXAddress(b"memory")
+        client = factory.buildProtocol(address)
+        server = self.server_factory.buildProtocol(address)
         assert client is not None and server is not None
         pump = iosim.connect(
             server, iosim.FakeTransport(server, isServer=True), client, iosim.FakeTransport(client, isServer=False),

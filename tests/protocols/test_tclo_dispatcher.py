@@ -16,7 +16,11 @@ def reply_of(dispatcher: TCLODispatcher, command: bytes) -> bytes:
 def test_handler_gets_arguments_after_one_space() -> None:
     dispatcher = TCLODispatcher()
     seen: list[bytes] = []
-    dispatcher.register(b"echo", lambda args: seen.append(args) or args)
+    def echo(args: bytes) -> bytes:
+        seen.append(args)
+        return args
+
+    dispatcher.register(b"echo", echo)
     assert reply_of(dispatcher, b"echo  two spaces") == b"OK  two spaces"
     assert seen == [b" two spaces"]
     assert reply_of(dispatcher, b"echo") == b"OK "
