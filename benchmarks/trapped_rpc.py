@@ -28,7 +28,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
 from twisted_vmtools.vmx.model import VMX
-from twisted_vmtools.vmx.serve import spawn_guest
+from twisted_vmtools.vmx.trapped import spawn_guest
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile",
           os.devnull, "vmtools", "--transport", "backdoor", "--guestinfo-interval", "0"]

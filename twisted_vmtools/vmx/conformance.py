@@ -27,8 +27,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .model import VMX
-from .serve import spawn_guest
 from .simulator import SimulatorService
+from .trapped import spawn_guest
 
 log = Logger()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..codecs.message import PROTO_RPCI, PROTO_TCLO, ChannelEndpoint
+from ..codecs.message import PROTO_RPCI, PROTO_TCLO, ChannelEndpoint, EndpointFactory
 from .model import VMX
 from .tclo_queue import GuestGone
 
@@ -65,7 +65,7 @@ class TCLOEndpoint:
         self.vmx.tclo_disconnected(self.name)
 
 
-def backdoor_endpoints(vmx: VMX) -> object:
+def backdoor_endpoints(vmx: VMX) -> EndpointFactory:
     """An `EndpointFactory` for `HostChannels`: RPCI and TCLO channels on ``vmx``."""
 
     def make(protocol: int, owner: int) -> ChannelEndpoint | None:
