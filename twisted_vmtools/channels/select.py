@@ -30,7 +30,7 @@ from ..codecs.message import Backdoor
 from .backdoor import BackdoorChannel, hardware_executor
 from .detect import Detection, detected
 from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
-from .vsock import Connector, VsockChannel, VsockConnectError, vsock_connect
+from .vsock import Connector, VsockChannel, VsockConnectError
 
 TRANSPORTS = "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"
 VSOCK_ATTEMPTS = 3
@@ -57,7 +57,7 @@ def make_channel(
     *,
     detection: Callable[[], Detection] = detected,
     backdoor: Backdoor | None = None,
-    vsock_connector: Connector = vsock_connect,
+    vsock_connector: Connector | None = None,
     clock: IReactorTime | None = None,
 ) -> IGuestChannel:
     """The `IGuestChannel` that ``--transport spec`` names.

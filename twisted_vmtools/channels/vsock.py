@@ -35,6 +35,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -59,7 +60,8 @@ class VsockConnectError(ChannelError):
     """The vsock connection could not be made (as opposed to failing once made)."""
 
 
-Connector = Callable[[int, bool], socket.socket]  # (port, privileged) -> connected stream socket
+# (port, privileged) -> a connected stream socket, or a Deferred firing with one
+Connector = Callable[[int, bool], "socket.socket | Deferred[socket.socket]"]
 SocketFactory = Callable[[], socket.socket]
 
 
@@ -144,6 +146,19 @@ def vsock_connect(
     return _connect_retrying(make, (cid, port))
 
 
+def threaded_connector(reactor: Any) -> Connector:
+    """`vsock_connect` in the reactor's thread pool.
+
+    A connect can wait (retries on ECONNRESET/ENOBUFS, a timeout), and nothing
+    but the backdoor instruction may block the reactor.
+    """
+
+    def connect(port: int, privileged: bool) -> Deferred[socket.socket]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), vsock_connect, port, privileged)
+
+    return connect
+
+
 class SocketTransport(FileDescriptor):
     """A Twisted transport over a connected stream socket of any family."""
 
@@ -210,19 +225,25 @@ class VsockEndpoint:
         self._connector = connector
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        try:
-            sock = self._connector(self.port, self.privileged)
-        except Exception as error:
-            return defer.fail(VsockConnectError(f"cannot connect to vsock port {self.port}: {error}"))
+        connecting: Deferred[socket.socket] = defer.maybeDeferred(
+            self._connector, self.port, self.privileged  # type: ignore[call-overload]  # a socket or a Deferred of one
+        )
+        return connecting.addCallbacks(self._connected, self._failed, callbackArgs=(protocolFactory,))
+
+    def _failed(self, failure: Failure) -> Failure:
+        error = failure.value
+        return Failure(VsockConnectError(f"cannot connect to vsock port {self.port}: {error}"))
+
+    def _connected(self, sock: socket.socket, protocolFactory: IProtocolFactory) -> IProtocol:
         peer = VsockAddress(HYPERVISOR_CID, self.port)
         protocol = protocolFactory.buildProtocol(peer)
         if protocol is None:
             sock.close()
-            return defer.fail(VsockConnectError("the protocol factory refused the connection"))
+            raise VsockConnectError("the protocol factory refused the connection")
         transport = SocketTransport(sock, protocol, self._reactor, peer)
         protocol.makeConnection(transport)
         transport.startReading()
-        return defer.succeed(protocol)
+        return protocol
 
 
 class VsockTCLOProtocol(GuestTCLOProtocol):
@@ -246,7 +267,7 @@ class _TCLOFactory(Factory):
 class VsockChannel:
     """`IGuestChannel` over vsock: persistent RPCI connection, pushed TCLO.
 
-    ``connector`` defaults to `vsock_connect`; ``clock`` (heartbeat,
+    ``connector`` defaults to `vsock_connect` run in a thread; ``clock`` (heartbeat,
     timeouts, reconnect back-off) defaults to ``reactor``.
     """
 
@@ -257,13 +278,14 @@ class VsockChannel:
         reactor: Any,
         *,
         clock: IReactorTime | None = None,
-        connector: Connector = vsock_connect,
+        connector: Connector | None = None,
         rpci_timeout: float = RPCI_TIMEOUT,
         max_retry_delay: float = 30.0,
         name: str = "vsock",
     ) -> None:
         self.name = name
         self._clock: IReactorTime = clock if clock is not None else reactor
+        connector = connector if connector is not None else threaded_connector(reactor)
         self._rpci_endpoint = VsockEndpoint(reactor, RPCI_PORT, privileged=True, connector=connector)
         self._tclo_endpoint = VsockEndpoint(reactor, TCLO_PORT, privileged=False, connector=connector)
         self._rpci_timeout = rpci_timeout
