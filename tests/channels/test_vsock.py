@@ -351,3 +351,13 @@ def test_real_vsock_refused_outside_vmware(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(vsock, "_vsock_socket", no_vsock)
     with pytest.raises(ChannelError, match="not a VMware VM"):
         vsock_connect(RPCI_PORT, True, is_vmware=lambda: False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_connector_runs_off_the_reactor_and_refuses_outside_vmware() -> None:
+    # On this (non-VMware) machine vsock_connect refuses before creating any socket;
+    # the point is that the refusal arrives as a Deferred from the thread pool.
+    connecting = vsock.threaded_connector(reactor)(RPCI_PORT, True)
+    assert isinstance(connecting, Deferred)
+    with pytest.raises(ChannelError, match="not a VMware VM"):
+        await connecting
