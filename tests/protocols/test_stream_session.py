@@ -147,3 +147,24 @@ def test_malformed_packet_from_vmx_gets_an_error_reply() -> None:
 def test_heartbeat_packets_are_pings() -> None:
     packet = decode_packet(VsockPacket.ping().encode())
     assert packet.type is PacketType.PING and packet.payload is None
+
+
+def test_a_failing_handler_still_gets_a_reply_out() -> None:
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from twisted_vmtools.channels.stream import GuestTCLOProtocol
+    from twisted_vmtools.codecs.datamap import PacketDecoder
+
+    class Broken:
+        def handle(self, command: bytes) -> Deferred[bytes]:
+            return defer.fail(RuntimeError("no"))
+
+    protocol = GuestTCLOProtocol(Broken(), Clock())  # type: ignore[arg-type]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(VsockPacket.data(b"ping").encode())
+    written = transport.value()[4:]  # after the preamble
+    (reply,) = PacketDecoder().feed(written)
+    assert isinstance(reply, VsockPacket) and reply.payload == b"ERROR no"

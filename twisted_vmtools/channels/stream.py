@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
 from ..codecs.stream import StreamKind
+from ..codecs.tclo import ERROR_PREFIX
 from .framing import PacketProtocol
 from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
 
@@ -74,6 +75,8 @@ class GuestTCLOProtocol(PacketProtocol):
             self._next()
             return
         self._busy = self._handler.handle(command)
+        # ITCLOHandler.handle never fails, but a reply must go out whatever a handler does.
+        self._busy.addErrback(lambda failure: ERROR_PREFIX + failure.getErrorMessage().encode("utf-8", "replace"))
         self._busy.addCallback(self._answered)
 
     def _answered(self, reply: bytes) -> None:
