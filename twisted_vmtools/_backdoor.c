@@ -10,7 +10,8 @@
  * Safety: the instructions are only executed when CPUID reports the
  * "VMwareVMware" hypervisor signature.  Anywhere else an `in` from user
  * mode raises #GP (SIGSEGV, the interpreter dies) and `vmmcall` on KVM is a
- * real hypercall, so every entry point checks first and raises OSError.
+ * real hypercall, so every entry point checks first and raises OSError;
+ * vmcall/vmmcall also need CPUID leaf 0x40000010 to advertise them.
  * Nothing here calls iopl() or ioperm(): the VMware hypervisor intercepts
  * the backdoor port before the privilege check, and nobody else may see it.
  *
@@ -152,6 +153,23 @@ static void do_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4])
 /* -1 unknown, 0 not VMware, 1 VMware.  Decided once per process, like the tools do. */
 static int vmware_state = -1;
 
+/*
+ * Whether the VMware hypervisor advertises the hypercall interface for
+ * `mode` (CPUID 0x40000010 ECX bit 1 vmcall, bit 0 vmmcall), as
+ * open-vm-tools decides.  Asked only after is_vmware(): a vmcall or vmmcall
+ * that no VMware hypervisor asked for would go to whatever hypervisor this
+ * really is (on KVM, vmmcall from user mode is a real hypercall).
+ */
+static int hypercall_advertised(int mode)
+{
+    uint32_t r[4];
+    do_cpuid(0x40000000, 0, r);
+    if (r[0] < 0x40000010)
+        return 0;
+    do_cpuid(0x40000010, 0, r);
+    return (r[2] & (mode == MODE_VMCALL ? 2u : 1u)) != 0;
+}
+
 static int is_vmware(void)
 {
     if (vmware_state < 0) {
@@ -196,6 +214,12 @@ static int may_execute(unsigned long long ax, int mode)
         PyErr_SetString(PyExc_OSError,
                         "refusing to execute a backdoor instruction: "
                         "CPUID does not report a VMware hypervisor");
+        return 0;
+    }
+    if (mode != MODE_PORT && !hypercall_advertised(mode)) {
+        PyErr_SetString(PyExc_OSError,
+                        "refusing to execute vmcall/vmmcall: "
+                        "the hypervisor does not advertise that backdoor interface");
         return 0;
     }
     return 1;

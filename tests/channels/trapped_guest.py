@@ -42,6 +42,17 @@ def main() -> int:
     if (first, second) != (b"reset", b"ping"):
         print(f"TCLO failed: {first!r}, {second!r}")
         return 1
+    # The trap engine never advertises the hypercall interface, so the extension
+    # must refuse vmcall/vmmcall rather than hand them to the real hypervisor.
+    from twisted_vmtools import _backdoor
+
+    for mode in (_backdoor.MODE_VMCALL, _backdoor.MODE_VMMCALL):
+        try:
+            _backdoor.lb(0x564D5868, 0, 10, 0x5658, 0, 0, mode)
+        except OSError:
+            continue
+        print(f"hypercall mode {mode} was not refused")
+        return 1
     print("ok")
     return 0
 
