@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from ..tap import default_simulator_socket
-from .control import ControlClient, GuestInfoGet, GuestInfoSet, SendTCLO, Status
+from .control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
 from .simulator import client_description
 
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     guestinfo.add_argument("action", choices=["get", "set"])
     guestinfo.add_argument("key")
     guestinfo.add_argument("value", nargs="?")
+
+    rpclog = with_socket(sub.add_parser("log", help="the last RPCs the VMX saw, both directions"))
+    rpclog.add_argument("--last", type=int, default=50, help="how many (at most 100)")
 
     demo = sub.add_parser("demo", help="run our guest tools against an embedded VMX and show what it sees")
     demo.add_argument("--socket", default=None, help="socket path (default: a temporary one)")
@@ -98,6 +102,20 @@ async def _tclo(reactor: object, args: argparse.Namespace) -> int:
     return 0
 
 
+_ARROWS = {"rpci-in": "guest→VMX RPCI", "rpci-out": "VMX→guest RPCI",
+           "tclo-out": "VMX→guest TCLO", "tclo-in": "guest→VMX TCLO"}
+
+
+async def _log(reactor: object, args: argparse.Namespace) -> int:
+    client = await _control(reactor, args.socket)
+    for record in (await client.callRemote(RPCLog, last=args.last))["records"]:
+        when = time.strftime("%H:%M:%S", time.localtime(record["when"]))
+        more = f" (+{record['size'] - len(record['data'])} bytes)" if record["size"] > len(record["data"]) else ""
+        arrow = _ARROWS.get(record["direction"], record["direction"])
+        print(f"{when} {arrow} {record['channel']}: {record['data']!r}{more}")
+    return 0
+
+
 async def _guestinfo(reactor: object, args: argparse.Namespace) -> int:
     client = await _control(reactor, args.socket)
     if args.action == "set":
@@ -126,6 +144,8 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         return await _tclo(reactor, args)
     if args.command == "guestinfo":
         return await _guestinfo(reactor, args)
+    if args.command == "log":
+        return await _log(reactor, args)
     if args.command == "demo":
         from .demo import run_demo
 

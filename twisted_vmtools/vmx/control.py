@@ -36,6 +36,30 @@ class GuestInfoSet(amp.Command):
     arguments = [(b"key", amp.Unicode()), (b"value", amp.String())]
 
 
+LOG_PAGE = 100  # records per RPCLog answer: an AMP value holds at most 64 KiB
+LOG_DATA_LIMIT = 400  # bytes of each record's data shown
+
+
+class RPCLog(amp.Command):
+    """The last ``last`` RPC records (at most `LOG_PAGE`), data cut to `LOG_DATA_LIMIT` bytes."""
+
+    arguments = [(b"last", amp.Integer())]
+    response = [
+        (
+            b"records",
+            amp.AmpList(
+                [
+                    (b"when", amp.Float()),
+                    (b"direction", amp.Unicode()),
+                    (b"channel", amp.Unicode()),
+                    (b"data", amp.String()),
+                    (b"size", amp.Integer()),
+                ]
+            ),
+        )
+    ]
+
+
 class ControlServer(amp.AMP):
     """Answers control commands against one VMX."""
 
@@ -62,6 +86,17 @@ class ControlServer(amp.AMP):
     def guestinfo_get(self, key: str) -> dict[str, object]:
         value = self.vmx.guestinfo.get(key)
         return {"found": value is not None, "value": value or b""}
+
+    @RPCLog.responder
+    def rpc_log(self, last: int) -> dict[str, object]:
+        records = list(self.vmx.records)[-max(0, min(last, LOG_PAGE)) :] if last > 0 else []
+        return {
+            "records": [
+                {"when": r.when, "direction": r.direction, "channel": r.channel,
+                 "data": r.data[:LOG_DATA_LIMIT], "size": len(r.data)}
+                for r in records
+            ]
+        }
 
     @GuestInfoSet.responder
     def guestinfo_set(self, key: str, value: bytes) -> dict[str, object]:
