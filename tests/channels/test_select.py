@@ -186,6 +186,31 @@ def test_auto_tclo_backdoor_polling() -> None:
     result_of(channel.stop())
 
 
+def test_auto_tclo_falls_back_when_the_connect_fails_later() -> None:
+    # The real connector answers from a thread: its failure arrives inside the vsock
+    # ClientService's own failure handling, which must not be stopped re-entrantly.
+    clock = Clock()
+    pending: list[Deferred[socket.socket]] = []
+
+    def connect_later(port: int, privileged: bool) -> Deferred[socket.socket]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    vmx, channel = auto_channel(connect_later, clock)
+    handler = Handler()
+    channel.start(handler)
+    assert channel.tclo_via is None
+    pending[0].errback(OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol"))
+    assert channel.tclo_via == "backdoor"
+    vmx.tclo.commands.append(b"ping")
+    clock.advance(0)
+    clock.advance(0.1)
+    assert handler.commands == [b"ping"]
+    clock.advance(60)
+    assert len(pending) == 1  # the vsock TCLO service was stopped: no reconnect attempts
+    result_of(channel.stop())
+
+
 @pytest_twisted.ensureDeferred
 async def test_auto_prefers_vsock() -> None:
     connector = PairConnector()

@@ -182,7 +182,9 @@ class AutoChannel:
 
     def _tclo_fallback(self, failure: Failure, handler: ITCLOHandler) -> None:
         self.log.info("vsock TCLO unavailable ({error}); polling the backdoor", error=failure.getErrorMessage())
-        self._vsock.stop_tclo()
+        # Not right now: this runs inside the vsock ClientService's own failure handling,
+        # and stopping it from there is re-entrant.
+        self._clock.callLater(0, self._vsock.stop_tclo)
         self.tclo_via = "backdoor"
         self._backdoor.start(handler)
 
