@@ -220,3 +220,24 @@ def test_twistd_simulate_leaves_its_control_socket_up(socket_path: Path, tmp_pat
         assert status(socket_path)["guest.ipAddress"] == GUEST_IP
     finally:
         stop(process)
+
+
+def test_over_tcp_on_loopback(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    where = f"tcp:127.0.0.1:{port}"
+    simulator = subprocess.Popen([*SIM, "serve", "--socket", where], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, cwd=REPO)
+    with open(tmp_path / "guest.log", "wb") as out:
+        guest = subprocess.Popen(guest_command(where), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        def tcp_running() -> bool:
+            done = sim("status", "--socket", where, "--json", check=False)
+            return done.returncode == 0 and json.loads(done.stdout)["guest.toolsRunningStatus"] == "guestToolsRunning"
+
+        wait_for(tcp_running, "the tools to run over TCP")
+        assert sim("tclo", "--socket", where, "ping").stdout == "OK \n"
+    finally:
+        stop(guest)
+        stop(simulator)

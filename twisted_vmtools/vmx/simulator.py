@@ -7,7 +7,7 @@ import os
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -17,10 +17,29 @@ from .stream import VMXStreamFactory
 
 
 def server_endpoint(reactor: object, where: str) -> IStreamServerEndpoint:
-    """A path means a Unix socket; anything else is a Twisted endpoint description."""
-    if ":" not in where:
-        return UNIXServerEndpoint(reactor, where)  # type: ignore[arg-type]
+    """Where the simulator listens, named as the guest's ``--transport`` names it.
+
+    A path or ``unix:PATH`` is a Unix socket; ``tcp:HOST:PORT`` listens on
+    that address (the same words a client connects with, so one ``--socket``
+    value serves ``serve``, the guest and every control command).
+    """
+    kind, _, rest = where.partition(":")
+    if not rest or kind == "unix":
+        return UNIXServerEndpoint(reactor, rest or where)  # type: ignore[arg-type]
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected tcp:HOST:PORT, not {where!r}")
+        return TCP4ServerEndpoint(reactor, int(port), interface=host)  # type: ignore[arg-type]
     return serverFromString(reactor, where)
+
+
+def socket_path(where: str) -> str | None:
+    """The file a Unix-socket ``where`` names (None for TCP)."""
+    kind, _, rest = where.partition(":")
+    if not rest:
+        return where
+    return rest if kind == "unix" else None
 
 
 def client_description(where: str) -> str:
@@ -63,8 +82,9 @@ class SimulatorService(MultiService):
         if self._cleaned:
             return
         self._cleaned = True
-        if ":" not in self.where and os.path.exists(self.where):
-            os.unlink(self.where)
+        path = socket_path(self.where)
+        if path is not None and os.path.exists(path):
+            os.unlink(path)
 
     def stopService(self) -> Deferred[None]:
         self.vmx.stop()
