@@ -168,3 +168,18 @@ def test_a_failing_handler_still_gets_a_reply_out() -> None:
     written = transport.value()[4:]  # after the preamble
     (reply,) = PacketDecoder().feed(written)
     assert isinstance(reply, VsockPacket) and reply.payload == b"ERROR no"
+
+
+def test_stopping_the_vmx_fails_what_is_still_queued() -> None:
+    from twisted_vmtools.vmx.tclo_queue import GuestGone
+
+    harness = Harness()
+    harness.start()
+    never: Deferred[bytes] = Deferred()
+    harness.service.dispatcher.register(b"hang", lambda args: never)
+    results: list[object] = []
+    harness.vmx.send(b"hang").addBoth(results.append)
+    harness.vmx.send(b"ping").addBoth(results.append)
+    harness.settle()
+    harness.vmx.stop()
+    assert len(results) == 2 and all(r.check(GuestGone) for r in results)  # type: ignore[attr-defined]

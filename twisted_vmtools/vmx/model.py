@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from ..codecs.tclo import TCLOError, parse_reply
 from .guestinfo_view import first_ipv4, guest_fields
 from .rpci_server import RPCIServer, ToolsState
-from .tclo_queue import DEFAULT_TIMEOUT, TCLOQueue
+from .tclo_queue import DEFAULT_TIMEOUT, GuestGone, TCLOQueue
 
 RUNNING = "guestToolsRunning"
 NOT_RUNNING = "guestToolsNotRunning"
@@ -142,8 +142,10 @@ class VMX:
         return status
 
     def stop(self) -> None:
+        """The VMX goes away: stop pinging, and fail every command still waiting."""
         if self._pinger.running:
             self._pinger.stop()
+        self.tclo.fail_all(GuestGone("the VMX stopped"))
 
     # -- internals
 
