@@ -183,3 +183,23 @@ def test_stopping_the_vmx_fails_what_is_still_queued() -> None:
     harness.settle()
     harness.vmx.stop()
     assert len(results) == 2 and all(r.check(GuestGone) for r in results)  # type: ignore[attr-defined]
+
+
+def test_cancelling_the_command_in_flight_restarts_the_stream() -> None:
+    # The guest is still working on the cancelled command; its late reply must not be
+    # taken for the answer to the next one.
+    harness = Harness()
+    harness.start()
+    slow: Deferred[bytes] = Deferred()
+    harness.service.dispatcher.register(b"Slow_Command", lambda args: slow)
+    cancelled = harness.vmx.send(b"Slow_Command")
+    cancelled.addErrback(lambda failure: None)
+    harness.settle()
+    cancelled.cancel()
+    replies: list[object] = []
+    harness.vmx.send(b"Set_Option broadcastIP 1").addBoth(replies.append)
+    slow.callback(b"slow-result")
+    harness.settle(1)
+    harness.settle(1)
+    assert replies == [b"OK "]
+    assert harness.vmx.status()["guest.ipAddress"] == "198.51.100.7"

@@ -73,3 +73,13 @@ def test_binary_arguments_pass_through() -> None:
     dispatcher = TCLODispatcher()
     dispatcher.register(b"f", lambda args: args[::-1])
     assert reply_of(dispatcher, b"f \x00\x01\xff") == b"OK \xff\x01\x00"
+
+
+def test_a_handler_answering_something_else_than_bytes_later_gets_an_error_reply() -> None:
+    dispatcher = TCLODispatcher()
+
+    async def wrong(args: bytes) -> bytes:
+        return None  # type: ignore[return-value]
+
+    dispatcher.register(b"wrong", wrong)
+    assert reply_of(dispatcher, b"wrong").startswith(b"ERROR ")

@@ -75,14 +75,20 @@ class TCLODispatcher:
             return succeed(self._failed(Failure(), parsed.name))
         if isinstance(result, bytes):
             return succeed(OK_PREFIX + result)  # most handlers answer at once: skip the Deferred plumbing
-        running = maybeDeferred(_deferred, result)
-        return running.addCallbacks(lambda body: OK_PREFIX + body, self._failed, errbackArgs=(parsed.name,))
+        running = maybeDeferred(_deferred, result).addCallback(_ok)
+        return running.addErrback(self._failed, parsed.name)
 
     def _failed(self, failure: Failure, name: bytes) -> bytes:
         if failure.check(TCLOHandlerError):
             return TCLOReply(False, failure.value.body).encode()  # type: ignore[union-attr]
         self.log.failure("TCLO handler for {name!r} failed", failure, name=name)
         return TCLOReply(False, failure.getErrorMessage().encode("utf-8", "replace")).encode()
+
+
+def _ok(body: object) -> bytes:
+    if not isinstance(body, bytes):
+        raise TypeError(f"TCLO handler answered {type(body).__name__}, not bytes")
+    return OK_PREFIX + body
 
 
 def _deferred(result: HandlerResult) -> Deferred[bytes]:

@@ -110,30 +110,29 @@ class TCLOQueue:
 
     def _expire(self, pending: _Pending) -> None:
         pending.timer = None
+        self._give_up(pending, TCLOTimeout(f"no reply to {pending.command[:40]!r} within {pending.timeout} s"))
+
+    def _cancel(self, pending: _Pending) -> None:
+        # Deferred cancellation: the Deferred itself fails with CancelledError.
+        self._give_up(pending, None)
+
+    def _give_up(self, pending: _Pending, error: Exception | None) -> None:
+        """Stop waiting for ``pending``: it timed out, or its caller cancelled it."""
+        self._settle(pending)
         stuck_pusher = self._pusher if self._inflight is pending else None
         if self._inflight is pending:
+            # On a polled channel a late reply finds nothing in flight and is dropped.
             self._inflight = None
+            self.log.warn("TCLO command {command!r} abandoned", command=pending.command[:40])
         elif pending in self._queue:
             self._queue.remove(pending)
-        pending.reply.errback(TCLOTimeout(f"no reply to {pending.command[:40]!r} within {pending.timeout} s"))
+        if error is not None:
+            pending.reply.errback(error)
         if stuck_pusher is not None:
             # A pushed stream cannot match a late reply to its command: it is out of
             # step, so it must start over (and the guest gets a fresh reset).
             self._pusher = None
             stuck_pusher.out_of_step()  # type: ignore[attr-defined]
-        self._push()
-
-    def _cancel(self, pending: _Pending) -> None:
-        self._settle(pending)
-        self._drop(pending)
-
-    def _drop(self, pending: _Pending) -> None:
-        if self._inflight is pending:
-            # A late reply to this command will find nothing in flight and be dropped.
-            self._inflight = None
-            self.log.warn("TCLO command {command!r} abandoned", command=pending.command[:40])
-        elif pending in self._queue:
-            self._queue.remove(pending)
         self._push()
 
     def abandon(self, error: Exception) -> None:
