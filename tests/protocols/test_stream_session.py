@@ -154,7 +154,7 @@ def test_a_failing_handler_still_gets_a_reply_out() -> None:
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from twisted_vmtools.channels.stream import GuestTCLOProtocol
+    from twisted_vmtools.channels.stream_protocols import GuestTCLOProtocol
     from twisted_vmtools.codecs.datamap import PacketDecoder
 
     class Broken:

@@ -41,7 +41,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
-from .stream import GuestRPCIProtocol, GuestTCLOProtocol
+from .rpci_connection import RPCIConnection
+from .stream_protocols import GuestRPCIProtocol, GuestTCLOProtocol
 
 AF_VSOCK = getattr(socket, "AF_VSOCK", 40)
 VMADDR_CID_ANY = getattr(socket, "VMADDR_CID_ANY", 0xFFFFFFFF)
@@ -288,54 +289,25 @@ class VsockChannel:
         connector = connector if connector is not None else threaded_connector(reactor)
         self._rpci_endpoint = VsockEndpoint(reactor, RPCI_PORT, privileged=True, connector=connector)
         self._tclo_endpoint = VsockEndpoint(reactor, TCLO_PORT, privileged=False, connector=connector)
-        self._rpci_timeout = rpci_timeout
         self._max_retry_delay = max_retry_delay
-        self._rpci: VsockRPCIProtocol | None = None
-        self._connect_lock = defer.DeferredLock()
+        # A connection the VMX dropped is restarted and the call sent again once, as the tools do.
+        self._rpci = RPCIConnection(
+            self._rpci_endpoint, VsockRPCIProtocol, self._clock, name="vsock", timeout=rpci_timeout, retry_lost=True
+        )
         self._tclo: ClientService | None = None
         self._first_outcome: IProtocol | Failure | None = None
         self._first_waiters: list[Deferred[IProtocol]] = []
-        self._stopped = False
 
     # -- RPCI
 
     def rpci(self, request: bytes) -> Deferred[bytes]:
-        return defer.ensureDeferred(self._rpci_call(request))
-
-    async def _rpci_call(self, request: bytes) -> bytes:
-        # A connection the VMX dropped is restarted and the call retried once, as the tools do.
-        for attempt in (1, 2):
-            if self._stopped:
-                raise ChannelError("the vsock channel is stopped")
-            protocol = await self._rpci_connection()
-            reply = protocol.request(request)
-            reply.addTimeout(self._rpci_timeout, self._clock)
-            try:
-                return await reply
-            except defer.TimeoutError:
-                # The connection is out of step now; the next call gets a fresh one.
-                protocol.transport.loseConnection()  # type: ignore[union-attr]
-                raise ChannelError(f"no RPCI reply within {self._rpci_timeout} s") from None
-            except ChannelError as error:
-                if not protocol.lost or attempt == 2 or self._stopped:
-                    raise
-                self.log.info("vsock RPCI connection lost ({error}); reconnecting", error=error)
-        raise AssertionError("unreachable")
-
-    async def _rpci_connection(self) -> VsockRPCIProtocol:
-        async with self._connect_lock:
-            if self._rpci is None or self._rpci.lost:
-                factory = Factory.forProtocol(VsockRPCIProtocol)
-                self._rpci = await self._rpci_endpoint.connect(factory)  # type: ignore[assignment]
-            assert self._rpci is not None
-            return self._rpci
+        return self._rpci.call(request)
 
     # -- TCLO
 
     def start(self, tclo: ITCLOHandler) -> None:
         if self._tclo is not None:
             raise RuntimeError("the vsock channel's TCLO connection is already running")
-        self._stopped = False
         self._tclo = ClientService(
             self._tclo_endpoint,
             _TCLOFactory(tclo, self._clock),
@@ -385,8 +357,5 @@ class VsockChannel:
         return tclo.stopService().addCallback(lambda _: None)
 
     def stop(self) -> Deferred[None]:
-        self._stopped = True
-        if self._rpci is not None:
-            self._rpci.transport.loseConnection()  # type: ignore[union-attr]
-            self._rpci = None
+        self._rpci.stop()
         return self.stop_tclo()

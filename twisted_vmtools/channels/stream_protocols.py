@@ -1,0 +1,140 @@
+"""The guest's ends of the framed RPCI and TCLO connections (stream and vsock alike)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
+from ..codecs.stream import StreamKind
+from ..codecs.tclo import ERROR_PREFIX
+from .framing import PacketProtocol
+from .interfaces import ChannelError, ITCLOHandler
+
+HEARTBEAT_INTERVAL = 1.0
+MALFORMED_REPLY = b"ERROR malformed packet"
+
+
+class GuestTCLOProtocol(PacketProtocol):
+    """The guest's end of a TCLO connection: answer each command, then keep a heartbeat."""
+
+    # What the guest writes first to name the channel; empty where the port says it (vsock).
+    preamble = StreamKind.TCLO.preamble
+
+    def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
+        super().__init__()
+        self._handler = handler
+        self._heartbeat = LoopingCall(self._ping)
+        self._heartbeat.clock = clock
+        self._busy: Deferred[bytes] | None = None
+        self._backlog: deque[bytes] = deque()
+        self._connected = False
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        if self.preamble:
+            self.transport.write(self.preamble)  # type: ignore[union-attr]
+
+    def packetReceived(self, packet: VsockPacket) -> None:
+        if packet.type is PacketType.PING or packet.payload is None:
+            return
+        self._backlog.append(packet.payload)
+        self._next()
+
+    def badPacket(self, error: VsockPacketError) -> None:
+        super().badPacket(error)
+        # One reply per command keeps the VMX's queue in step, even for garbage.
+        self._backlog.append(b"")
+        self._next()
+
+    def _next(self) -> None:
+        if self._busy is not None or not self._backlog:
+            return
+        command = self._backlog.popleft()
+        if not command:
+            self._answer(MALFORMED_REPLY)
+            self._next()
+            return
+        self._busy = self._handler.handle(command)
+        # ITCLOHandler.handle never fails, but a reply must go out whatever a handler does.
+        self._busy.addErrback(lambda failure: ERROR_PREFIX + failure.getErrorMessage().encode("utf-8", "replace"))
+        self._busy.addCallback(self._answered)
+
+    def _answered(self, reply: bytes) -> None:
+        self._busy = None
+        self._answer(reply)
+        self._next()
+
+    def _answer(self, reply: bytes) -> None:
+        if not self._connected:
+            return
+        self.sendPacket(VsockPacket.data(reply))
+        if not self._heartbeat.running:
+            self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+
+    def _ping(self) -> None:
+        self.sendPacket(VsockPacket.ping())
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._connected = False
+        self._backlog.clear()
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+
+
+class GuestRPCIProtocol(PacketProtocol):
+    """The guest's end of an RPCI connection: requests out, replies back in order."""
+
+    preamble = StreamKind.RPCI.preamble
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: deque[Deferred[bytes]] = deque()
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        if self.preamble:
+            self.transport.write(self.preamble)  # type: ignore[union-attr]
+
+    def request(self, data: bytes) -> Deferred[bytes]:
+        if self.lost:
+            return defer.fail(ChannelError("RPCI connection is closed"))
+        waiting: Deferred[bytes] = Deferred()
+        self._waiting.append(waiting)
+        self.sendPacket(VsockPacket.data(data))
+        return waiting
+
+    def packetReceived(self, packet: VsockPacket) -> None:
+        if packet.type is PacketType.PING or packet.payload is None:
+            return
+        if not self._waiting:
+            self.log.warn("unexpected RPCI reply {reply!r}", reply=packet.payload[:64])
+            return
+        self._waiting.popleft().callback(packet.payload)
+
+    def badPacket(self, error: VsockPacketError) -> None:
+        # The reply's frame was intact but its content was not: fail that call only.
+        if self._waiting:
+            self._waiting.popleft().errback(ChannelError(f"malformed RPCI reply: {error}"))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.lost = True
+        while self._waiting:
+            self._waiting.popleft().errback(ChannelError(f"RPCI connection lost: {reason.getErrorMessage()}"))
+
+
+class _TCLOFactory(Factory):
+    noisy = False
+
+    def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
+        self.handler = handler
+        self.clock = clock
+
+    def buildProtocol(self, addr: object) -> GuestTCLOProtocol:
+        return GuestTCLOProtocol(self.handler, self.clock)
