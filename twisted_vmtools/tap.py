@@ -86,6 +86,12 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         from .vmx.simulator import SimulatorService, client_description
 
         where = options["socket"] or default_simulator_socket()
+        from .vmx.simulator import SocketInUseError, claim_socket
+
+        try:
+            claim_socket(where)
+        except SocketInUseError as error:
+            raise SystemExit(f"twistd vmtools: {error}") from None
         top = MultiService()
         SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
         channel: IGuestChannel = StreamChannel(reactor, client_description(where))  # type: ignore[arg-type]

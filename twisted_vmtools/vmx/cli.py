@@ -152,7 +152,13 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         return await run_demo(reactor, args.socket)
     if args.command == "serve":
         from .serve import serve
+        from .simulator import SocketInUseError, claim_socket
 
+        try:
+            claim_socket(args.socket)
+        except SocketInUseError as error:
+            print(f"vmtools-sim: {error}", file=sys.stderr)
+            return 2
         _start_logging(True)
         return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
                            trap=_program(args) if args.trap else None, high_bandwidth=not args.low_bandwidth)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import stat
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -40,6 +42,36 @@ def socket_path(where: str) -> str | None:
     if not rest:
         return where
     return rest if kind == "unix" else None
+
+
+class SocketInUseError(Exception):
+    """The simulator's socket path is taken: by a live simulator, or by something that is not a socket."""
+
+
+def claim_socket(where: str) -> None:
+    """Make way for listening at ``where``: remove a dead simulator's socket file, and nothing else.
+
+    A path that is not a socket, or a socket something still answers on, is
+    refused: `vmtools-sim serve` must never delete a user's file or cut a
+    running simulator off from its guests.
+    """
+    path = socket_path(where)
+    if path is None or not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise SocketInUseError(f"{path} exists and is not a socket; not touching it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: a dead simulator's leftover
+        return
+    except OSError as error:
+        raise SocketInUseError(f"cannot tell whether {path} is in use ({error}); not touching it") from None
+    finally:
+        probe.close()
+    raise SocketInUseError(f"a simulator is already serving {path}")
 
 
 def client_description(where: str) -> str:
@@ -82,9 +114,7 @@ class SimulatorService(MultiService):
         if self._cleaned:
             return
         self._cleaned = True
-        path = socket_path(self.where)
-        if path is not None and os.path.exists(path):
-            os.unlink(path)
+        claim_socket(self.where)
 
     def stopService(self) -> Deferred[None]:
         self.vmx.stop()
