@@ -17,23 +17,61 @@ from .model import VMX
 from .tclo_queue import GuestGone, TCLOTimeout
 
 
+class BigBytes(amp.Argument):
+    """Bytes of any length: AMP caps one value at 64 KiB, so long ones span several keys.
+
+    ``name`` holds the number of chunks; ``name.0``, ``name.1``… hold them.
+    """
+
+    CHUNK = 0xFFFF
+
+    def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object) -> None:
+        value = objects[name.decode("ascii")]
+        assert isinstance(value, bytes)
+        chunks = [value[i : i + self.CHUNK] for i in range(0, len(value), self.CHUNK)] or [b""]
+        strings[name] = str(len(chunks)).encode()
+        for index, chunk in enumerate(chunks):
+            strings[name + b".%d" % index] = chunk
+
+    def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object) -> None:
+        count = int(strings.pop(name))
+        objects[name.decode("ascii")] = b"".join(strings.pop(name + b".%d" % i) for i in range(count))
+
+
+class BigText(BigBytes):
+    """Text of any length (UTF-8 on the wire)."""
+
+    def toBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object) -> None:
+        key = name.decode("ascii")
+        text = objects[key]
+        assert isinstance(text, str)
+        super().toBox(name, strings, {key: text.encode("utf-8")}, proto)
+
+    def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object) -> None:
+        super().fromBox(name, strings, objects, proto)
+        key = name.decode("ascii")
+        value = objects[key]
+        assert isinstance(value, bytes)
+        objects[key] = value.decode("utf-8")
+
+
 class Status(amp.Command):
-    response = [(b"status", amp.Unicode())]
+    response = [(b"status", BigText())]
 
 
 class SendTCLO(amp.Command):
-    arguments = [(b"command", amp.String()), (b"timeout", amp.Float())]
-    response = [(b"reply", amp.String())]
+    arguments = [(b"command", BigBytes()), (b"timeout", amp.Float())]
+    response = [(b"reply", BigBytes())]
     errors = {TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE"}
 
 
 class GuestInfoGet(amp.Command):
     arguments = [(b"key", amp.Unicode())]
-    response = [(b"found", amp.Boolean()), (b"value", amp.String())]
+    response = [(b"found", amp.Boolean()), (b"value", BigBytes())]
 
 
 class GuestInfoSet(amp.Command):
-    arguments = [(b"key", amp.Unicode()), (b"value", amp.String())]
+    arguments = [(b"key", amp.Unicode()), (b"value", BigBytes())]
 
 
 LOG_PAGE = 100  # records per RPCLog answer: an AMP value holds at most 64 KiB

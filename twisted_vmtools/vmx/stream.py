@@ -12,11 +12,13 @@ from twisted.python.failure import Failure
 
 from ..channels.framing import PacketProtocol
 from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
+from ..codecs.message import MAX_MESSAGE
 from ..codecs.rpci import RPCIReply
 from ..codecs.stream import PREAMBLE_SIZE, StreamKind, StreamPreambleError, parse_preamble
 from .model import VMX
 
 MALFORMED = b"malformed packet"
+TOO_LONG = b"Message too long"
 
 
 class VMXRPCIProtocol(PacketProtocol):
@@ -29,6 +31,10 @@ class VMXRPCIProtocol(PacketProtocol):
 
     def packetReceived(self, packet: VsockPacket) -> None:
         if packet.type is PacketType.PING or packet.payload is None:
+            return
+        if len(packet.payload) > MAX_MESSAGE:
+            # The same cap as on the backdoor (where SENDSIZE is refused): a VMX takes 64 KiB.
+            self.sendPacket(VsockPacket.data(RPCIReply(False, TOO_LONG).encode()))
             return
         self.sendPacket(VsockPacket.data(self.vmx.rpci(packet.payload, self.name)))
         if packet.fast_close:

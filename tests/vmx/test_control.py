@@ -1,0 +1,54 @@
+"""The simulator's control channel (AMP after the CTRL preamble), in memory."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.protocol import Factory
+
+from support import Harness
+from twisted_vmtools.vmx.control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
+
+
+def control(harness: Harness) -> ControlClient:
+    connected: list[object] = []
+    harness.endpoint.connect(Factory.forProtocol(ControlClient)).addCallback(connected.append)
+    client = connected[0]
+    assert isinstance(client, ControlClient)
+    return client
+
+
+def call(harness: Harness, client: ControlClient, amp_command: type, **arguments: object) -> dict[str, object]:
+    results: list[object] = []
+    client.callRemote(amp_command, **arguments).addBoth(results.append)
+    harness.settle()
+    assert results and isinstance(results[0], dict), results
+    return results[0]
+
+
+def test_values_beyond_amps_64_kib_go_through_whole() -> None:
+    harness = Harness()
+    harness.start()
+    client = control(harness)
+    big = bytes(range(256)) * 400  # 102,400 bytes
+    call(harness, client, GuestInfoSet, key="guestinfo.big", value=big)
+    assert call(harness, client, GuestInfoGet, key="guestinfo.big") == {"found": True, "value": big}
+    status = json.loads(call(harness, client, Status)["status"])  # type: ignore[arg-type]
+    assert status["guest.toolsRunningStatus"] == "guestToolsRunning"
+    assert len(status["guestinfo.big"]) == len(big)
+    harness.service.dispatcher.register(b"Big_Reply", lambda args: big)
+    assert call(harness, client, SendTCLO, command=b"Big_Reply", timeout=5.0) == {"reply": b"OK " + big}
+    records = call(harness, client, RPCLog, last=1000)["records"]
+    assert isinstance(records, list) and len(records) == min(100, len(harness.vmx.records))
+    last = records[-1]
+    assert last["direction"] == "tclo-in" and last["size"] == len(big) + 3 and len(last["data"]) == 400
+
+
+def test_rpci_beyond_the_vmx_limit_is_refused_over_the_stream_too() -> None:
+    harness = Harness()
+    harness.start()
+    refused = harness.rpci(b"info-set guestinfo.huge " + b"x" * 70_000)
+    assert getattr(refused, "value", None) is not None
+    assert refused.value.reply == b"Message too long"  # type: ignore[attr-defined]
+    assert "guestinfo.huge" not in harness.vmx.guestinfo
+    assert harness.rpci(b"info-set guestinfo.small fine") == b""
