@@ -33,7 +33,10 @@ def test_verdicts() -> None:
     assert Comparison(ping, Observation("'OK '"), Observation("'OK '")).verdict == "same"
     assert Comparison(ping, Observation("'OK '"), Observation("'ERROR '")).verdict == "DIFFERENT (unexplained)"
     explained = next(s for s in SCENARIOS if s.name in DELIBERATE)
-    assert Comparison(explained, Observation("a"), Observation("b")).verdict == "deliberately different"
+    expected = DELIBERATE[explained.name].ours
+    assert Comparison(explained, Observation("a"), expected).verdict == "deliberately different"
+    # An explained scenario still fails when ours does anything but the explained thing.
+    assert Comparison(explained, Observation("a"), Observation("'ERROR boom'")).verdict == "DIFFERENT (unexplained)"
     missing = compare({}, {"ping": Observation("'OK '")})
     assert {c.scenario.name for c in missing} == {s.name for s in SCENARIOS}
     assert "| TCLO `ping` | not run | 'OK ' | DIFFERENT (unexplained) |" in markdown(missing, "stream")
