@@ -241,3 +241,14 @@ def test_over_tcp_on_loopback(tmp_path: Path) -> None:
     finally:
         stop(guest)
         stop(simulator)
+
+
+def test_rpctool_refuses_cleanly_outside_vmware() -> None:
+    from twisted_vmtools.channels.detect import detected
+
+    if detected().vmware:
+        pytest.skip("this machine is a VMware VM")
+    done = subprocess.run([sys.executable, "-m", "twisted_vmtools.rpctool", "info-get guestinfo.ip"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "--simulate" in done.stderr

@@ -25,9 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def send_one(reactor: Any, transport: str, request: bytes) -> int:
+    from .channels.interfaces import ChannelError
     from .tap import make_channel
 
-    channel = make_channel(reactor, transport)
+    try:
+        channel = make_channel(reactor, transport)
+    except ChannelError as error:
+        sys.stderr.write(f"vmtools-rpctool: {error}\n")
+        return 1
     try:
         reply = await RPCI(channel).call(request)
     except RPCIError as error:

@@ -85,6 +85,12 @@ def test_unknown_spec() -> None:
         make_channel("carrier-pigeon", _reactor, detection=no_detection)
 
 
+@pytest.mark.parametrize("spec", ["tcp:nonsense", "tcp:127.0.0.1:notaport"])
+def test_malformed_stream_spec_is_a_clear_refusal(spec: str) -> None:
+    with pytest.raises(TransportUnavailable, match="bad transport"):
+        make_channel(spec, _reactor, detection=no_detection)
+
+
 def test_specs_in_vmware() -> None:
     vmx = FakeVMX()
     kwargs: dict[str, Any] = {

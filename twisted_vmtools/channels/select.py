@@ -66,9 +66,12 @@ def make_channel(
     to the real ones; tests inject theirs.  ``clock`` defaults to ``reactor``.
     """
     if spec.startswith(("unix:", "tcp:")):
-        from .stream import StreamChannel  # its own engineer's module; only needed for these
+        from .stream import StreamChannel
 
-        return StreamChannel(reactor, spec)
+        try:
+            return StreamChannel(reactor, spec)
+        except (ValueError, TypeError) as error:  # what Twisted's endpoint parser raises
+            raise TransportUnavailable(f"bad transport {spec!r} ({error}); expected {TRANSPORTS}") from None
     if spec not in ("auto", "backdoor", "vsock"):
         raise TransportUnavailable(f"unknown transport {spec!r}; expected {TRANSPORTS}")
     found = detection()
