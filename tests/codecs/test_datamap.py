@@ -261,3 +261,13 @@ def test_decoder_garbage_raises_only_vsock_packet_error(chunks: list[bytes], max
         except VsockPacketError:
             return  # framing lost: the caller closes the stream
         assert all(isinstance(r, VsockPacket | VsockPacketError) for r in results)
+
+
+@given(st.binary(max_size=300))
+def test_fast_paths_write_what_the_generic_encoder_writes(payload: bytes) -> None:
+    for packet, entries in (
+        (VsockPacket.data(payload), {FieldId.TYPE: (FieldType.INT64, 1), FieldId.PAYLOAD: (FieldType.STRING, payload)}),
+        (VsockPacket.ping(), {FieldId.TYPE: (FieldType.INT64, 2)}),
+    ):
+        content = encode_datamap(entries)  # type: ignore[arg-type]
+        assert packet.encode() == len(content).to_bytes(4, "big") + content
