@@ -228,20 +228,27 @@ class PacketDecoder:
         self._max = max_packet
 
     def feed(self, data: bytes) -> list[VsockPacket | VsockPacketError]:
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         packets: list[VsockPacket | VsockPacketError] = []
-        while len(self._buffer) >= 4:
-            (length,) = _U32.unpack_from(self._buffer)
+        position, size = 0, len(data)
+        # Usually `data` holds exactly one whole packet: slice it out, no buffering.
+        while size - position >= 4:
+            (length,) = _U32.unpack_from(data, position)
             if length > self._max:
                 raise VsockPacketError(f"vsock packet of {length} bytes exceeds {self._max}")
-            if len(self._buffer) < 4 + length:
+            end = position + 4 + length
+            if end > size:
                 break
-            content = bytes(self._buffer[4 : 4 + length])
-            del self._buffer[: 4 + length]
             try:
-                packets.append(VsockPacket.decode_content(content))
+                packets.append(VsockPacket.decode_content(data[position + 4 : end]))
             except VsockPacketError as error:
                 packets.append(error)
+            position = end
+        if position < size:
+            self._buffer += data[position:]
         return packets
 
 
