@@ -53,6 +53,12 @@ class RPCIConnection:
         """Send ``request``; fires with the raw reply or fails with `ChannelError`."""
         if self._stopped:
             return defer.fail(ChannelError(f"the channel to {self.name} is stopped"))
+        protocol = self._protocol
+        if not self._retry_lost and protocol is not None and not protocol.lost and not self._backlog:
+            # The usual case: connected, nothing queued, no retry: the reply's own Deferred will do.
+            reply = protocol.request(request)
+            reply.addTimeout(self._timeout, self._clock)  # type: ignore[arg-type]
+            return reply.addErrback(self._timed_out, protocol)
         result: Deferred[bytes] = Deferred()
         self._submit(request, result, 2 if self._retry_lost else 1)
         return result
@@ -99,12 +105,17 @@ class RPCIConnection:
         reply.addTimeout(self._timeout, self._clock)  # type: ignore[arg-type]
         reply.addCallbacks(result.callback, self._failed, errbackArgs=(protocol, request, result, attempts))
 
+    def _timed_out(self, failure: Failure, protocol: GuestRPCIProtocol) -> Failure:
+        if failure.check(defer.TimeoutError):
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
+            return Failure(ChannelError(f"no RPCI reply from {self.name} within {self._timeout} s"))
+        return failure
+
     def _failed(
         self, failure: Failure, protocol: GuestRPCIProtocol, request: bytes, result: Deferred[bytes], attempts: int
     ) -> None:
         if failure.check(defer.TimeoutError):
-            protocol.transport.loseConnection()  # type: ignore[union-attr]
-            result.errback(ChannelError(f"no RPCI reply from {self.name} within {self._timeout} s"))
+            result.errback(self._timed_out(failure, protocol))
         elif protocol.lost and attempts > 1 and not self._stopped:
             self.log.info("RPCI connection to {name} lost; sending again", name=self.name)
             self._submit(request, result, attempts - 1)
