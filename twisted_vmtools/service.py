@@ -10,8 +10,9 @@ from twisted.logger import Logger
 
 from .channels.interfaces import IGuestChannel
 from .guest.core import CoreHandlers
-from .guest.guestinfo import GuestInfo, IGuestInfoSource
+from .guest.guestinfo import GuestInfo
 from .guest.netinfo import primary_ip as default_primary_ip
+from .guest.sysinfo import IGuestInfoSource
 from .protocols.rpci import RPCI
 from .protocols.tclo import TCLODispatcher
 

@@ -19,7 +19,8 @@ from twisted_vmtools.codecs.nicinfo import (
     encode_nic_info,
 )
 from twisted_vmtools.codecs.rpci import RPCIReply
-from twisted_vmtools.guest.guestinfo import GuestInfo, IGuestInfoSource
+from twisted_vmtools.guest.guestinfo import GuestInfo
+from twisted_vmtools.guest.sysinfo import IGuestInfoSource
 from twisted_vmtools.service import ToolsService
 from twisted_vmtools.tap import Options, guest_info_interval
 

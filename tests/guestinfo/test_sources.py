@@ -15,7 +15,7 @@ from twisted_vmtools.codecs.nicinfo import (
     decode_nic_info,
     encode_nic_info,
 )
-from twisted_vmtools.guest.guestinfo import (
+from twisted_vmtools.guest.sysinfo import (
     SystemGuestInfoSource,
     nics_from_interfaces,
     os_full_name,

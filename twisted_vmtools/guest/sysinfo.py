@@ -1,0 +1,293 @@
+"""Where the guest's facts come from: NICs, routes, DNS, host name, OS names, uptime.
+
+`IGuestInfoSource` is what `GuestInfo` (guestinfo.py) reads each round;
+`SystemGuestInfoSource` reads this machine (psutil and /proc).  The parsers
+are pure functions over the files' text, so they are tested on fixed input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+import socket
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import psutil
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from ..codecs.nicinfo import (
+    DNS_MAX_SERVERS,
+    DNS_MAX_SUFFIXES,
+    DNS_NAME_MAX_LEN,
+    MAC_LEN,
+    MAX_IPS,
+    MAX_NICS,
+    MAX_ROUTES,
+    DnsConfigInfo,
+    GuestNicV3,
+    InetCidrRouteEntry,
+    InetCidrRouteType,
+    IpAddressEntry,
+    IpAddressStatus,
+    NicInfoV3,
+    TypedIpAddress,
+)
+
+
+class IGuestInfoSource(Interface):
+    """What a guest reports about itself.  Replace it to report something else (or, in tests, fixed facts)."""
+
+    def host_name() -> str:
+        """The guest's host name (``guest.hostName``)."""
+
+    def os_names() -> tuple[str, str]:
+        """(full name, short name): ``SetGuestInfo`` keys 5 and 6."""
+
+    def uptime() -> float:
+        """Seconds since the guest booted."""
+
+    def nic_info() -> NicInfoV3:
+        """NICs with their addresses, routes, and the resolver configuration."""
+
+
+@implementer(IGuestInfoSource)
+class SystemGuestInfoSource:
+    """This machine's facts, from psutil, /proc and /etc.
+
+    The reads are of kernel-generated files and take microseconds, so they
+    run on the reactor thread, as vmtoolsd gathers on its main loop.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, *, proc: str = "/proc", resolv_conf: str = "/etc/resolv.conf", os_release: str = "/etc/os-release"
+    ) -> None:
+        self.proc = proc
+        self.resolv_conf = resolv_conf
+        self.os_release = os_release
+
+    def host_name(self) -> str:
+        return socket.gethostname()
+
+    def os_names(self) -> tuple[str, str]:
+        uname = platform.uname()
+        release = parse_os_release(_read(self.os_release) or "")
+        return os_full_name(uname.system, uname.release, release), os_short_name(release, _is_64bit())
+
+    def uptime(self) -> float:
+        text = _read(os.path.join(self.proc, "uptime"))
+        if text:
+            try:
+                return float(text.split()[0])
+            except (ValueError, IndexError):
+                pass
+        return max(0.0, time.time() - psutil.boot_time())
+
+    def nic_info(self) -> NicInfoV3:
+        names, nics = nics_from_interfaces(psutil.net_if_addrs(), psutil.net_if_stats())
+        index = {name: i for i, name in enumerate(names)}
+        routes = parse_ipv4_routes(_read(os.path.join(self.proc, "net/route")) or "", index)
+        routes += parse_ipv6_routes(_read(os.path.join(self.proc, "net/ipv6_route")) or "", index)
+        resolv = _read(self.resolv_conf)
+        dns = parse_resolv_conf(resolv, self.host_name()) if resolv is not None else None
+        return NicInfoV3(tuple(nics), tuple(routes[:MAX_ROUTES]), dns=dns)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _is_64bit() -> bool:
+    return struct.calcsize("P") == 8
+
+
+# -- parsers, pure so they can be tested on fixed text
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            values[key] = value.strip().strip("\"'")
+    return values
+
+
+def os_full_name(system: str, release: str, os_release: Mapping[str, str]) -> str:
+    """vmtoolsd's Linux form: ``<sysname> <release> <distribution>``."""
+    distro = os_release.get("PRETTY_NAME") or os_release.get("NAME") or ""
+    return " ".join(part for part in (system, release, distro) if part)
+
+
+def os_short_name(os_release: Mapping[str, str], is_64bit: bool) -> str:
+    """A vmtoolsd-style short name: ``<distro><major version>`` and ``-64`` on 64-bit systems."""
+    distro = os_release.get("ID", "").lower() or "otherlinux"
+    major = os_release.get("VERSION_ID", "").split(".")[0]
+    return f"{distro}{major}" + ("-64" if is_64bit else "")
+
+
+def prefix_length(netmask: str | None, bits: int) -> int:
+    """The prefix length of a dotted or colon netmask (psutil's form); a missing one is a host route."""
+    if not netmask:
+        return bits
+    try:
+        mask = int(ipaddress.ip_address(netmask.split("%")[0]))
+    except ValueError:
+        return bits
+    return bin(mask).count("1")
+
+
+class _InterfaceAddress(Protocol):
+    """psutil's snicaddr, as far as it is read here."""
+
+    @property
+    def family(self) -> Any: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def netmask(self) -> str | None: ...
+
+
+class _InterfaceStats(Protocol):
+    @property
+    def isup(self) -> bool: ...
+
+
+def nics_from_interfaces(
+    addresses: Mapping[str, Sequence[_InterfaceAddress]], stats: Mapping[str, _InterfaceStats]
+) -> tuple[list[str], list[GuestNicV3]]:
+    """psutil's interface tables as V3 NICs, with their names (routes refer to NICs by position).
+
+    Interfaces that are down, have no Ethernet-style MAC (loopback, tunnels)
+    or do not fit the protocol (InfiniBand's long hardware addresses) are
+    left out; so are loopback addresses, which no one outside can reach.
+    """
+    names: list[str] = []
+    nics: list[GuestNicV3] = []
+    for name, entries in addresses.items():
+        state = stats.get(name)
+        if state is not None and not state.isup:
+            continue
+        mac = next((e.address.lower() for e in entries if e.family == psutil.AF_LINK), "")
+        if not mac or len(mac) > MAC_LEN or mac == "00:00:00:00:00:00":
+            continue
+        ips: list[IpAddressEntry] = []
+        for entry in entries:
+            if entry.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                ip = ipaddress.ip_address(entry.address.split("%")[0])  # drop an IPv6 zone ("%eth0")
+            except ValueError:
+                continue
+            if ip.is_loopback or ip.is_unspecified:
+                continue
+            # What vmtoolsd reports without a netlink query: IPv4 preferred, IPv6 status unknown.
+            status = IpAddressStatus.PREFERRED if ip.version == 4 else IpAddressStatus.UNKNOWN
+            ips.append(IpAddressEntry(TypedIpAddress.from_ip(ip), prefix_length(entry.netmask, ip.max_prefixlen),
+                                      status=status))
+        names.append(name)
+        nics.append(GuestNicV3(mac, tuple(ips[:MAX_IPS])))
+        if len(nics) == MAX_NICS:
+            break
+    return names, nics
+
+
+RTF_UP = 0x0001
+RTF_GATEWAY = 0x0002
+RTF_REJECT = 0x0200
+
+
+def _route_type(flags: int) -> InetCidrRouteType:
+    if flags & RTF_REJECT:
+        return InetCidrRouteType.REJECT
+    return InetCidrRouteType.REMOTE if flags & RTF_GATEWAY else InetCidrRouteType.LOCAL
+
+
+def parse_ipv4_routes(text: str, nic_index: Mapping[str, int]) -> list[InetCidrRouteEntry]:
+    """/proc/net/route (addresses are little-endian hex) for the NICs in ``nic_index``."""
+    routes = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or fields[0] not in nic_index:
+            continue
+        try:
+            dest, gateway, mask = (bytes.fromhex(f)[::-1] for f in (fields[1], fields[2], fields[7]))
+            flags, metric = int(fields[3], 16), int(fields[6])
+        except ValueError:
+            continue
+        if not flags & RTF_UP or len(dest) != 4 or len(gateway) != 4 or len(mask) != 4:
+            continue
+        next_hop = TypedIpAddress.from_ip(ipaddress.IPv4Address(gateway)) if any(gateway) else None
+        routes.append(InetCidrRouteEntry(
+            TypedIpAddress.from_ip(ipaddress.IPv4Address(dest)),
+            prefix_length(str(ipaddress.IPv4Address(mask)), 32),
+            next_hop, nic_index[fields[0]], _route_type(flags), metric & 0xFFFFFFFF,
+        ))
+    return routes
+
+
+def parse_ipv6_routes(text: str, nic_index: Mapping[str, int]) -> list[InetCidrRouteEntry]:
+    """/proc/net/ipv6_route for the NICs in ``nic_index``; multicast routes are left out."""
+    routes = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or fields[9] not in nic_index:
+            continue
+        try:
+            dest = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            gateway = ipaddress.IPv6Address(bytes.fromhex(fields[4]))
+            length, metric, flags = int(fields[1], 16), int(fields[5], 16), int(fields[8], 16)
+        except ValueError:
+            continue
+        if not flags & RTF_UP or dest.is_multicast:
+            continue
+        next_hop = TypedIpAddress.from_ip(gateway) if not gateway.is_unspecified else None
+        routes.append(InetCidrRouteEntry(
+            TypedIpAddress.from_ip(dest), length, next_hop, nic_index[fields[9]], _route_type(flags),
+            metric & 0xFFFFFFFF,
+        ))
+    return routes
+
+
+def parse_resolv_conf(text: str, host_name: str | None = None) -> DnsConfigInfo:
+    """Name servers and search suffixes, within the protocol's limits."""
+    servers: list[TypedIpAddress] = []
+    suffixes: list[str] = []
+    domain: str | None = None
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        if fields[0] == "nameserver":
+            try:
+                servers.append(TypedIpAddress.from_ip(fields[1].split("%")[0]))
+            except ValueError:
+                continue
+        elif fields[0] == "domain":
+            domain = fields[1]
+        elif fields[0] == "search":
+            suffixes = fields[1:]  # the resolver uses the last search line
+    if domain is None and suffixes:
+        domain = suffixes[0]
+    fits = [s for s in suffixes if len(s.encode()) <= DNS_NAME_MAX_LEN]
+    return DnsConfigInfo(
+        host_name=_fit_name(host_name), domain_name=_fit_name(domain),
+        servers=tuple(servers[:DNS_MAX_SERVERS]), search_suffixes=tuple(fits[:DNS_MAX_SUFFIXES]),
+    )
+
+
+def _fit_name(name: str | None) -> str | None:
+    return name if name and len(name.encode()) <= DNS_NAME_MAX_LEN else None
+
+
+# -- the service
