@@ -252,3 +252,11 @@ def test_rpctool_refuses_cleanly_outside_vmware() -> None:
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "--simulate" in done.stderr
+
+
+def test_run_passes_the_exit_code_through_and_times_out() -> None:
+    assert subprocess.run([*SIM, "run", "--", "sh", "-c", "exit 7"], timeout=60, cwd=REPO).returncode == 7
+    started = time.monotonic()
+    ended = subprocess.run([*SIM, "run", "--timeout", "1", "--", "sleep", "30"], timeout=60, cwd=REPO)
+    assert ended.returncode == 143  # SIGTERM, as a shell reports it
+    assert time.monotonic() - started < 20

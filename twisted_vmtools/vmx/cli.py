@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a program as a trapped guest of its own VMX; exit with its code")
     run.add_argument("--trace", action="store_true")
     run.add_argument("--low-bandwidth", action="store_true", help="offer no high-bandwidth transfers")
+    run.add_argument("--timeout", type=float, help="end the program (SIGTERM, then SIGKILL) after this many seconds")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     return parser
 
@@ -170,7 +171,9 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         from .serve import run_trapped
 
         _start_logging(args.trace)
-        return await run_trapped(reactor, _program(args), trace=args.trace, high_bandwidth=not args.low_bandwidth)
+        return await run_trapped(
+            reactor, _program(args), trace=args.trace, high_bandwidth=not args.low_bandwidth, timeout=args.timeout
+        )
     raise AssertionError(args.command)
 
 

@@ -16,11 +16,13 @@ from .trapped import spawn_guest
 log = Logger()
 
 
-async def run_program(reactor: object, vmx: VMX, program: list[str], *, high_bandwidth: bool = True) -> int:
+async def run_program(
+    reactor: object, vmx: VMX, program: list[str], *, high_bandwidth: bool = True, timeout: float | None = None
+) -> int:
     """Run ``program`` under the trap engine as a guest of ``vmx``; its exit code."""
     if not program:
         raise SystemExit("vmtools-sim: give the program to run after --")
-    trapped = spawn_guest(reactor, vmx, program, high_bandwidth=high_bandwidth)
+    trapped = spawn_guest(reactor, vmx, program, high_bandwidth=high_bandwidth, timeout=timeout)
     try:
         return int(await trapped.ended)
     finally:
@@ -35,13 +37,14 @@ async def serve(
     ping_interval: float = 5.0,
     trap: list[str] | None = None,
     high_bandwidth: bool = True,
+    timeout: float | None = None,
 ) -> int:
     vmx = VMX(reactor, ping_interval=ping_interval)
     simulator = SimulatorService(reactor, where, vmx=vmx, trace=trace)
     simulator.startService()
     try:
         if trap is not None:
-            code = await run_program(reactor, vmx, trap, high_bandwidth=high_bandwidth)
+            code = await run_program(reactor, vmx, trap, high_bandwidth=high_bandwidth, timeout=timeout)
             log.info("trapped guest exited with {code}", code=code)
             return code
         forever: Deferred[int] = Deferred()
@@ -51,10 +54,20 @@ async def serve(
 
 
 async def run_trapped(
-    reactor: IReactorTime, program: list[str], *, trace: bool = False, high_bandwidth: bool = True
+    reactor: IReactorTime,
+    program: list[str],
+    *,
+    trace: bool = False,
+    high_bandwidth: bool = True,
+    timeout: float | None = None,
 ) -> int:
     """`vmtools-sim run`: a private VMX (socket in a temporary directory) for one program."""
     with tempfile.TemporaryDirectory(prefix="vmtools-sim-") as directory:
         return await serve(
-            reactor, os.path.join(directory, "vmx.sock"), trace=trace, trap=program, high_bandwidth=high_bandwidth
+            reactor,
+            os.path.join(directory, "vmx.sock"),
+            trace=trace,
+            trap=program,
+            high_bandwidth=high_bandwidth,
+            timeout=timeout,
         )
