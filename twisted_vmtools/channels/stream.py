@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from .interfaces import IGuestChannel, ITCLOHandler
 from .rpci_connection import RPCIConnection
-from .stream_protocols import GuestRPCIProtocol, _TCLOFactory
+from .stream_protocols import GuestRPCIProtocol, TCLOFactory
 
 RPCI_TIMEOUT = 30.0
 
@@ -57,7 +57,7 @@ class StreamChannel:
     def start(self, tclo: ITCLOHandler) -> None:
         self._tclo = ClientService(
             self._endpoint,
-            _TCLOFactory(tclo, self._reactor),
+            TCLOFactory(tclo, self._reactor),
             # Doubling from 0.1 s to the cap, with jitter so restarted guests do not stampede.
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=self._max_retry_delay, factor=2.0),
             clock=self._reactor,

@@ -129,12 +129,17 @@ class GuestRPCIProtocol(PacketProtocol):
             self._waiting.popleft().errback(ChannelError(f"RPCI connection lost: {reason.getErrorMessage()}"))
 
 
-class _TCLOFactory(Factory):
-    noisy = False
+class TCLOFactory(Factory):
+    """Builds the guest's TCLO protocol (``protocol``: the stream one, or vsock's without preamble)."""
 
-    def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
+    noisy = False  # the connection is re-made with back-off; one log line per attempt is enough
+
+    def __init__(
+        self, handler: ITCLOHandler, clock: IReactorTime, protocol: type[GuestTCLOProtocol] = GuestTCLOProtocol
+    ) -> None:
         self.handler = handler
         self.clock = clock
+        self.protocol_class = protocol
 
     def buildProtocol(self, addr: object) -> GuestTCLOProtocol:
-        return GuestTCLOProtocol(self.handler, self.clock)
+        return self.protocol_class(self.handler, self.clock)

@@ -34,7 +34,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,7 +41,7 @@ from zope.interface import implementer
 
 from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
 from .rpci_connection import RPCIConnection
-from .stream_protocols import GuestRPCIProtocol, GuestTCLOProtocol
+from .stream_protocols import GuestRPCIProtocol, GuestTCLOProtocol, TCLOFactory
 
 AF_VSOCK = getattr(socket, "AF_VSOCK", 40)
 VMADDR_CID_ANY = getattr(socket, "VMADDR_CID_ANY", 0xFFFFFFFF)
@@ -255,15 +254,6 @@ class VsockRPCIProtocol(GuestRPCIProtocol):
     preamble = b""  # port 976 is RPCI
 
 
-class _TCLOFactory(Factory):
-    def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
-        self.handler = handler
-        self.clock = clock
-
-    def buildProtocol(self, addr: object) -> VsockTCLOProtocol:
-        return VsockTCLOProtocol(self.handler, self.clock)
-
-
 @implementer(IGuestChannel)
 class VsockChannel:
     """`IGuestChannel` over vsock: persistent RPCI connection, pushed TCLO.
@@ -310,7 +300,7 @@ class VsockChannel:
             raise RuntimeError("the vsock channel's TCLO connection is already running")
         self._tclo = ClientService(
             self._tclo_endpoint,
-            _TCLOFactory(tclo, self._clock),
+            TCLOFactory(tclo, self._clock, VsockTCLOProtocol),
             # No jitter: one guest, one VMX; nobody to de-synchronise from, and tests stay exact.
             retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=self._max_retry_delay, jitter=lambda: 0.0),
             clock=self._clock,
