@@ -46,7 +46,8 @@ def start_simulator(path: Path, *trapped_guest: str, log: Path | None = None,
 
 
 def guest_command(transport: str) -> list[str]:
-    return [*TWISTD, "vmtools", "--transport", transport, "--primary-ip", GUEST_IP, "--trace"]
+    return [*TWISTD, "vmtools", "--transport", transport, "--primary-ip", GUEST_IP, "--trace",
+            "--guestinfo-interval", "1"]
 
 
 def start_guest(path: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -133,6 +134,9 @@ def test_guest_and_simulator_processes(simulator_and_guest: tuple[subprocess.Pop
     wait_for(lambda: "guestinfo.vmtools.description" in status(socket_path), "the version announcement")
     assert sim("tclo", "--socket", str(socket_path), "Capabilities_Register").stdout == "OK \n"
     assert status(socket_path)["guest.toolsVersionStatus"] == "guestToolsUnmanaged"
+    # Binary RPCI too: the guest's XDR NIC report (SetGuestInfo 10), decoded by the VMX.
+    wait_for(lambda: bool(status(socket_path).get("guest.net")), "the guest's NIC report")
+    assert status(socket_path)["guest.hostName"]
 
     assert sim("tclo", "--socket", str(socket_path), "Set_Option broadcastIP 1").stdout == "OK \n"
     assert status(socket_path)["guest.ipAddress"] == GUEST_IP
