@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..codecs.message import Backdoor
+from ..codecs.tclo import TCLOError, parse_command
 from .backdoor import BackdoorChannel, hardware_executor
 from .detect import Detection, detected
 from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
@@ -90,6 +91,13 @@ def make_channel(
     return AutoChannel(vsock, BackdoorChannel(executor, clock), clock)
 
 
+def _command_name(command: bytes) -> bytes | None:
+    try:
+        return parse_command(command).name
+    except TCLOError:
+        return None
+
+
 @implementer(ITCLOHandler)
 class _ResetWatcher:
     """Passes commands through; tells the channel when a ``reset`` was answered OK."""
@@ -100,7 +108,7 @@ class _ResetWatcher:
 
     def handle(self, command: bytes) -> Deferred[bytes]:
         answer = self._inner.handle(command)
-        if command.split(b" ", 1)[0].rstrip(b"\0") == b"reset":
+        if _command_name(command) == b"reset":
             answer.addCallback(self._answered)
         return answer
 

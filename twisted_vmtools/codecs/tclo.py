@@ -40,11 +40,12 @@ class TCLOReply:
 def parse_command(data: bytes) -> TCLOCommand:
     """Split a command into its name and arguments (one separating space removed).
 
-    A trailing NUL, which some senders include, is not part of the command.
+    A trailing NUL after a bare name, which some senders include, is not part
+    of it; arguments stay byte-exact (they may be binary).
     """
-    if data.endswith(b"\0") and b" " not in data:
-        data = data[:-1]
-    name, _, args = data.partition(b" ")
+    name, space, args = data.partition(b" ")
+    if not space and name.endswith(b"\0"):
+        name = name[:-1]
     if not name or b"\0" in name:
         raise TCLOError("TCLO command has no name")
     return TCLOCommand(name, args)

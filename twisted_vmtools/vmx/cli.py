@@ -17,6 +17,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from ..tap import default_simulator_socket
 from .control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
+from .model import ARROWS
 from .simulator import client_description
 
 
@@ -103,16 +104,12 @@ async def _tclo(reactor: object, args: argparse.Namespace) -> int:
     return 0
 
 
-_ARROWS = {"rpci-in": "guest→VMX RPCI", "rpci-out": "VMX→guest RPCI",
-           "tclo-out": "VMX→guest TCLO", "tclo-in": "guest→VMX TCLO"}
-
-
 async def _log(reactor: object, args: argparse.Namespace) -> int:
     client = await _control(reactor, args.socket)
     for record in (await client.callRemote(RPCLog, last=args.last))["records"]:
         when = time.strftime("%H:%M:%S", time.localtime(record["when"]))
         more = f" (+{record['size'] - len(record['data'])} bytes)" if record["size"] > len(record["data"]) else ""
-        arrow = _ARROWS.get(record["direction"], record["direction"])
+        arrow = ARROWS.get(record["direction"], record["direction"])
         print(f"{when} {arrow} {record['channel']}: {record['data']!r}{more}")
     return 0
 

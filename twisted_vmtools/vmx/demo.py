@@ -16,9 +16,7 @@ from .simulator import SimulatorService, client_description
 
 
 def _show(record: RPCRecord) -> None:
-    arrow = {"rpci-in": "guest → VMX  RPCI", "rpci-out": "VMX → guest  RPCI",
-             "tclo-out": "VMX → guest  TCLO", "tclo-in": "guest → VMX  TCLO"}[record.direction]
-    print(f"    {arrow}  {record.data.decode('utf-8', 'replace').rstrip(chr(0))!r}")
+    print(f"    {record.arrow}  {record.data.decode('utf-8', 'replace').rstrip(chr(0))!r}")
 
 
 async def _wait_running(reactor: IReactorTime, vmx: VMX, seconds: float = 10.0) -> bool:

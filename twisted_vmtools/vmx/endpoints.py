@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import count
+
 from ..codecs.message import PROTO_RPCI, PROTO_TCLO, ChannelEndpoint, EndpointFactory
 from .model import VMX
 from .tclo_queue import GuestGone
@@ -68,11 +70,14 @@ class TCLOEndpoint:
 def backdoor_endpoints(vmx: VMX) -> EndpointFactory:
     """An `EndpointFactory` for `HostChannels`: RPCI and TCLO channels on ``vmx``."""
 
+    serial = count(1)
+
     def make(protocol: int, owner: int) -> ChannelEndpoint | None:
+        # Names are unique (one process may open several channels): the VMX counts by name.
         if protocol == PROTO_RPCI:
-            return RPCIEndpoint(vmx, f"backdoor-rpci:{owner}")
+            return RPCIEndpoint(vmx, f"backdoor-rpci:{owner}#{next(serial)}")
         if protocol == PROTO_TCLO:
-            return TCLOEndpoint(vmx, f"backdoor-tclo:{owner}")
+            return TCLOEndpoint(vmx, f"backdoor-tclo:{owner}#{next(serial)}")
         return None
 
     return make

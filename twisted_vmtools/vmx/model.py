@@ -22,6 +22,12 @@ NOT_RUNNING = "guestToolsNotRunning"
 PING_INTERVAL = 5.0
 STALE_AFTER = 15.0  # three missed pings: the tools are no longer running
 LOG_LIMIT = 10_000
+ARROWS = {
+    "rpci-in": "guest→VMX RPCI",
+    "rpci-out": "VMX→guest RPCI",
+    "tclo-out": "VMX→guest TCLO",
+    "tclo-in": "guest→VMX TCLO",
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,10 @@ class RPCRecord:
     direction: str
     channel: str
     data: bytes
+
+    @property
+    def arrow(self) -> str:
+        return ARROWS.get(self.direction, self.direction)
 
 
 class VMX:
@@ -64,7 +74,6 @@ class VMX:
         self._ping_interval = ping_interval
         self._stale_after = stale_after
         self._last_alive: float | None = None
-        self._connections = 0
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = clock
         self.connected_channels: set[str] = set()
@@ -79,7 +88,6 @@ class VMX:
 
     def tclo_connected(self, channel: str) -> None:
         """A TCLO channel appeared: greet the guest the way a VMX does, then keep pinging."""
-        self._connections += 1
         self.connected_channels.add(channel)
         self.send(b"reset").addErrback(lambda _: None)
         self.send(b"ping").addErrback(lambda _: None)
@@ -87,9 +95,8 @@ class VMX:
             self._pinger.start(self._ping_interval, now=False)
 
     def tclo_disconnected(self, channel: str) -> None:
-        self._connections = max(0, self._connections - 1)
         self.connected_channels.discard(channel)
-        if self._connections == 0:
+        if not self.connected_channels:
             self._last_alive = None
             if self._pinger.running:
                 self._pinger.stop()
@@ -118,7 +125,7 @@ class VMX:
 
     @property
     def running(self) -> bool:
-        if self._last_alive is None or not self._connections:
+        if self._last_alive is None or not self.connected_channels:
             return False
         return self.clock.seconds() - self._last_alive <= self._stale_after
 

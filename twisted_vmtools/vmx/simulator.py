@@ -122,6 +122,4 @@ class SimulatorService(MultiService):
         return stopping
 
     def _trace(self, record: RPCRecord) -> None:
-        self.log.info(
-            "{direction:>8} {channel}: {data!r}", direction=record.direction, channel=record.channel, data=record.data
-        )
+        self.log.info("{arrow} {channel}: {data!r}", arrow=record.arrow, channel=record.channel, data=record.data)
