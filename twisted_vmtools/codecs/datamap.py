@@ -203,6 +203,7 @@ _DATA_HEAD = _TYPE_ENTRY.pack(FieldType.INT64, FieldId.TYPE, PacketType.DATA, 0)
 )
 _DATA_HEAD_SIZE = len(_DATA_HEAD) + 4  # and the payload's length
 _PING_PACKET = _U32.pack(len(_PING)) + _PING
+MAX_PAYLOAD = MAX_PACKET - _DATA_HEAD_SIZE  # the largest payload one DATA packet carries
 
 
 def _typed(entries: dict[int, tuple[FieldType, Value]], fid: FieldId, ftype: FieldType) -> Value | None:

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
 from .model import VMX
-from .tclo_queue import GuestGone, TCLOTimeout
+from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
 
 
 class BigBytes(amp.Argument):
@@ -62,7 +62,7 @@ class Status(amp.Command):
 class SendTCLO(amp.Command):
     arguments = [(b"command", BigBytes()), (b"timeout", amp.Float())]
     response = [(b"reply", BigBytes())]
-    errors = {TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE"}
+    errors = {TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE", TCLORefused: b"TCLO_REFUSED"}
 
 
 class GuestInfoGet(amp.Command):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -9,7 +10,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ..codecs.datamap import MAX_PAYLOAD
+
 DEFAULT_TIMEOUT = 30.0
+MAX_COMMAND = MAX_PAYLOAD  # the largest command a guest's stream decoder accepts
+
+
+class TCLORefused(ValueError):
+    """A command no guest could act on, or a timeout no clock can keep: refused before queueing."""
 
 
 class TCLOTimeout(Exception):
@@ -49,6 +57,8 @@ class TCLOQueue:
         self._pusher: object | None = None
 
     def send(self, command: bytes, timeout: float = DEFAULT_TIMEOUT) -> Deferred[bytes]:
+        """Queue ``command``; `TCLORefused` (raised, not in the Deferred) if it cannot be sent."""
+        check_command(command, timeout)
         pending = _Pending(command, Deferred(lambda _: self._cancel(pending)), timeout)
         # The timeout runs from queueing: a guest that never polls must not hang the caller.
         pending.timer = self._clock.callLater(timeout, self._expire, pending)
@@ -150,3 +160,20 @@ class TCLOQueue:
             pending.reply.errback(error)
 
 
+
+
+def check_command(command: bytes, timeout: float) -> None:
+    """Refuse what would block the queue: an empty command (the guest has nothing to answer,
+    so the queue waits out the timeout), one larger than a guest accepts, or a timeout that is
+    not a positive finite number (a NaN deadline stops every reactor timer).  Explicit checks,
+    not asserts: they must hold under ``python -O`` too."""
+    if not isinstance(command, bytes):
+        raise TCLORefused(f"a TCLO command is bytes, not {type(command).__name__}")
+    if not command.strip(b" \0"):
+        raise TCLORefused("empty TCLO command")
+    if len(command) > MAX_COMMAND:
+        raise TCLORefused(f"TCLO command of {len(command)} bytes exceeds the {MAX_COMMAND} a guest accepts")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TCLORefused(f"TCLO timeout must be a number of seconds, not {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise TCLORefused(f"TCLO timeout must be a positive finite number of seconds, not {timeout!r}")
