@@ -10,7 +10,9 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from .channels.interfaces import ChannelError, IGuestChannel
+from .guest.guestinfo import DEFAULT_INTERVAL
 from .service import ToolsService
+from .toolsconf import ToolsConf, ToolsConfError, load_tools_conf
 
 
 def default_simulator_socket() -> str:
@@ -29,7 +31,9 @@ class Options(usage.Options):
         ["transport", "t", "auto", "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"],
         ["socket", "s", None, "with --simulate: where the embedded VMX listens (default: a per-user path)"],
         ["primary-ip", None, None, "the address reported for Set_Option broadcastIP (default: first usable IPv4)"],
-        ["guestinfo-interval", None, "30", "seconds between NIC/IP, host name, OS and uptime reports; 0 disables"],
+        ["guestinfo-interval", None, None,
+         "seconds between NIC/IP, host name, OS and uptime reports; 0 disables (default: tools.conf, else 30)"],
+        ["config", "c", None, "a tools.conf file ([guestinfo] poll-interval, exclude-nics, [powerops] scripts)"],
     ]
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
@@ -38,7 +42,8 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        guest_info_interval(self["guestinfo-interval"])
+        self["tools-conf"] = read_tools_conf(self["config"])
+        guest_info_interval(self["guestinfo-interval"], self["tools-conf"])
         if not self["with-tls"]:
             without_tls()
 
@@ -56,8 +61,25 @@ def without_tls() -> None:
         sys.modules["OpenSSL"] = None  # type: ignore[assignment]
 
 
-def guest_info_interval(value: object) -> float | None:
-    """``--guestinfo-interval`` as `ToolsService` takes it: seconds, or None for "never"."""
+def read_tools_conf(path: str | None) -> ToolsConf:
+    """``--config``: the tools.conf to read (none: an empty one)."""
+    if path is None:
+        return ToolsConf()
+    try:
+        return load_tools_conf(path)
+    except ToolsConfError as error:
+        raise usage.UsageError(str(error)) from None
+
+
+def guest_info_interval(value: object, conf: ToolsConf | None = None) -> float | None:
+    """``--guestinfo-interval`` (else tools.conf's ``[guestinfo] poll-interval``, else 30 s)
+    as `ToolsService` takes it: seconds, or None for "never"."""
+    if value is None:
+        try:
+            configured = (conf or ToolsConf()).get_float("guestinfo", "poll-interval")
+        except ToolsConfError as error:
+            raise usage.UsageError(str(error)) from None
+        return (DEFAULT_INTERVAL if configured is None else configured) or None
     try:
         interval = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -80,7 +102,7 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
 
         reactor = global_reactor
     trace = bool(options["trace"])
-    interval = guest_info_interval(options["guestinfo-interval"])
+    interval = guest_info_interval(options["guestinfo-interval"], options.get("tools-conf"))
     if options["simulate"]:
         from .channels.stream import StreamChannel
         from .vmx.simulator import SimulatorService, client_description

@@ -31,7 +31,7 @@ def main() -> int:
         print(f"RPCI failed: {[r if not isinstance(r, bytes) else r[:40] for r in replies]}")
         return 1
 
-    # The VMX greets a new TCLO channel with reset, then ping; each reply rides the next poll.
+    # The VMX greets a new TCLO channel with reset, then Capabilities_Register; each reply rides the next poll.
     tclo = GuestChannel(PROTO_TCLO)
     run_steps(tclo.open(), executor)
     run_steps(tclo.send(b""), executor)
@@ -39,7 +39,7 @@ def main() -> int:
     run_steps(tclo.send(b"OK ATR toolbox"), executor)
     second = run_steps(tclo.receive(), executor)
     run_steps(tclo.close(), executor)
-    if (first, second) != (b"reset", b"ping"):
+    if (first, second) != (b"reset", b"Capabilities_Register"):
         print(f"TCLO failed: {first!r}, {second!r}")
         return 1
     # The trap engine never advertises the hypercall interface, so the extension

@@ -69,8 +69,9 @@ class FixedSource:
 def make(source: FixedSource | None = None, interval: float | None = 30.0) -> Harness:
     harness = Harness(primary_ip=None)
     # The Harness's own service was never started; swap in one with our source.
+    # No primary IP: the VMX's Set_Option broadcastIP 1 sets no guestinfo.ip, so the NIC report decides.
     harness.service = ToolsService(
-        harness.clock, harness.channel, primary_ip=None, guest_info_interval=interval,
+        harness.clock, harness.channel, primary_ip=lambda: None, guest_info_interval=interval,
         guest_info_source=source or FixedSource(),
     )
     return harness
@@ -84,14 +85,9 @@ def keys(requests: list[bytes]) -> list[int]:
     return [int(r.split(b" ")[2]) for r in requests]
 
 
-def test_status_shows_nics_after_the_interval() -> None:
+def test_status_shows_everything_right_after_capabilities_register() -> None:
     harness = make()
-    harness.start()
-    assert sent(harness) == []
-    harness.settle(29.9)
-    assert sent(harness) == []
-    assert harness.vmx.status()["guest.net"] is None
-    harness.settle(0.1)
+    harness.start()  # the VMX greets the new channel: reset, Capabilities_Register, options
     status = harness.vmx.status()
     assert status["guest.net"] == [{"macAddress": MAC, "ipAddress": ["fe80::1", "192.0.2.2"], "prefixes": [64, 24]}]
     assert status["guest.ipAddress"] == "192.0.2.2"  # no guestinfo.ip: the first NIC IPv4
@@ -99,7 +95,20 @@ def test_status_shows_nics_after_the_interval() -> None:
     assert status["guest.guestFullName"] == "Linux 6.1.0 Debian GNU/Linux 12 (bookworm)"
     assert status["guest.osName"] == "debian12-64"
     assert status["guest.uptimeSeconds"] == 1234
-    assert keys(sent(harness)) == [5, 6, 1, 10, 7]
+    # The uptime with Capabilities_Register, as vmtoolsd; then the first full round.
+    assert keys(sent(harness)) == [7, 5, 6, 1, 10]
+
+
+def test_next_round_one_interval_after_capabilities_register() -> None:
+    source = FixedSource()
+    harness = make(source)
+    harness.start()
+    first = len(sent(harness))
+    source.name = "vm2"
+    harness.settle(29.9)
+    assert len(sent(harness)) == first
+    harness.settle(0.1)
+    assert sent(harness)[first:] == [b"SetGuestInfo  1 vm2\0"]  # only what changed
 
 
 def test_wire_format_is_byte_exact() -> None:
@@ -190,7 +199,6 @@ def test_total_refusal_is_retried_next_round() -> None:
     harness = make()
     seen = refuse(harness, lambda args: args.startswith((b" 10 ", b" 9 ")))
     harness.start()
-    harness.settle(30)
     assert len([a for a in seen if a.startswith((b" 10 ", b" 9 "))]) == 3
     harness.settle(30)
     assert len([a for a in seen if a.startswith((b" 10 ", b" 9 "))]) == 6  # not marked as sent: tried again
@@ -202,15 +210,17 @@ def test_a_reply_with_text_means_not_updated() -> None:
     seen = refuse(harness, lambda args: args.startswith(b" 1 "), reply=b"later")
     harness.start()
     harness.settle(30)
-    harness.settle(30)
     assert len([a for a in seen if a.startswith(b" 1 ")]) == 2
 
 
 def test_capabilities_register_reports_uptime() -> None:
-    harness = make()
+    source = FixedSource()
+    harness = make(source)
     harness.start()
+    first = len(sent(harness))
+    source.seconds += 1
     assert harness.send(b"Capabilities_Register") == b"OK "
-    assert sent(harness) == [b"SetGuestInfo  7 123456\0"]
+    assert sent(harness)[first:] == [b"SetGuestInfo  7 123556\0"]  # the round after it: nothing else changed
     assert harness.vmx.status()["guest.toolsVersionStatus"] == "guestToolsUnmanaged"  # core's work still done
 
 
@@ -224,15 +234,23 @@ def test_reset_makes_everything_go_again() -> None:
     assert keys(sent(harness)[first:]) == [5, 6, 1, 10, 7]
 
 
+def test_reset_then_capabilities_register_reports_everything_at_once() -> None:
+    harness = make()
+    harness.start()
+    first = len(sent(harness))
+    assert harness.send(b"reset") == b"OK ATR toolbox"
+    assert harness.send(b"Capabilities_Register") == b"OK "
+    assert keys(sent(harness)[first:]) == [7, 5, 6, 1, 10]
+
+
 def test_broken_source_loses_one_fact_not_the_loop() -> None:
     source = FixedSource(broken={"nic_info", "os_names"})
     harness = make(source)
     harness.start()
-    harness.settle(30)
-    assert keys(sent(harness)) == [1, 7]
+    assert keys(sent(harness)) == [7, 1]
     source.broken.clear()
     harness.settle(30)
-    assert keys(sent(harness)) == [1, 7, 5, 6, 10]
+    assert keys(sent(harness)) == [7, 1, 5, 6, 10]
 
 
 def test_disabled() -> None:

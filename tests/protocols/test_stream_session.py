@@ -15,16 +15,17 @@ def tclo_log(harness: Harness) -> list[tuple[str, bytes]]:
     return [(r.direction, r.data) for r in harness.vmx.records if r.direction.startswith("tclo")]
 
 
-def test_connect_resets_pings_and_turns_running() -> None:
+def test_connect_greets_and_turns_running() -> None:
     harness = Harness()
     assert harness.vmx.status()["guest.toolsRunningStatus"] == NOT_RUNNING
     harness.start()
     assert tclo_log(harness)[:4] == [
         ("tclo-out", b"reset"),
         ("tclo-in", b"OK ATR toolbox"),
-        ("tclo-out", b"ping"),
+        ("tclo-out", b"Capabilities_Register"),
         ("tclo-in", b"OK "),
     ]
+    assert tclo_log(harness)[-2:] == [("tclo-out", b"ping"), ("tclo-in", b"OK ")]
     assert harness.vmx.status()["guest.toolsRunningStatus"] == RUNNING
     assert harness.vmx.guestinfo["guestinfo.vmtools.versionString"]
     # reset made the guest announce its loop and version, as vmtoolsd does.

@@ -14,6 +14,18 @@ BAD_COMMAND = b"Bad command"
 OK_PREFIX = b"OK "
 ERROR_PREFIX = b"ERROR "
 
+# The commands a VMX sends every guest when its TCLO channel appears (docs/vmx-lifecycle.md).
+RESET = b"reset"
+PING = b"ping"
+CAPABILITIES_REGISTER = b"Capabilities_Register"
+SET_OPTION = b"Set_Option"
+RESET_REPLY_PREFIX = b"ATR "  # "OK ATR <app name>": the guest's answer to reset
+
+
+def set_option(name: bytes, value: bytes) -> bytes:
+    """``Set_Option <name> <value>``."""
+    return SET_OPTION + b" " + name + b" " + value
+
 
 class TCLOError(ValueError):
     """A TCLO command or reply that does not follow the format."""

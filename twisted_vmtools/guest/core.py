@@ -94,6 +94,9 @@ class CoreHandlers:
         if not self._reset_logged:
             self._reset_logged = True
             await self._send(b"log " + APP_NAME + b": Version: twisted_vmtools " + __version__.encode())
+        # What vmtoolsd announces only once at start-up: a VMX that restarted, or came up
+        # after the guest, would otherwise never learn it.  Every VMX sends reset first.
+        await self.announce_version()
 
     def ping(self, args: bytes) -> bytes:
         return b""

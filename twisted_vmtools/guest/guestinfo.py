@@ -15,7 +15,7 @@ from enum import IntEnum
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -68,8 +68,9 @@ def binary_request(key: GuestInfoKey, payload: bytes) -> bytes:
 class GuestInfo(Service):
     """Sends the guest's facts to the VMX on a timer; only what changed, as vmtoolsd does.
 
-    ``interval`` is the poll interval in seconds; the first round runs one
-    interval after start.  The NIC report goes out as XDR NicInfoV3 on key
+    ``interval`` is the poll interval in seconds; the first round runs as
+    soon as the VMX sends ``Capabilities_Register`` (or one interval after
+    start, if it never does).  The NIC report goes out as XDR NicInfoV3 on key
     10; if the VMX refuses it, as V3 with at most 64 addresses per NIC on
     key 9, then as V2 on key 9 — and the method that worked is kept.
     """
@@ -93,6 +94,7 @@ class GuestInfo(Service):
         self._sent: dict[GuestInfoKey, str] = {}
         self._sent_nics: NicInfoV3 | None = None
         self._nic_method = 0
+        self._round = DeferredLock()
         self._loop = LoopingCall(self.gather)
         self._loop.clock = reactor
 
@@ -100,8 +102,9 @@ class GuestInfo(Service):
         """Hook ``reset`` and ``Capabilities_Register``, keeping the core handlers' replies.
 
         ``core`` is the `CoreHandlers` already installed; its handlers are
-        wrapped so that reset forgets what was sent and Capabilities_Register
-        also reports the uptime (the VMX uses it to detect a soft reset).
+        wrapped so that reset forgets what was sent, and Capabilities_Register
+        reports the uptime (the VMX uses it to detect a soft reset) and then
+        starts a full report at once, rather than one poll interval later.
         """
         def reset(args: bytes) -> bytes:
             self.forget()
@@ -110,6 +113,7 @@ class GuestInfo(Service):
         async def capabilities_register(args: bytes) -> bytes:
             reply = await core.capabilities_register(args)
             await self.send_uptime()
+            self.report_now()
             return reply
 
         dispatcher.register(b"reset", reset)
@@ -126,6 +130,12 @@ class GuestInfo(Service):
         if self._loop.running:
             self._loop.stop()
 
+    def report_now(self) -> Deferred[None]:
+        """A round now, and the next one a whole interval later (a running round finishes first)."""
+        if self._loop.running:
+            self._loop.reset()  # does nothing while the loop's own round is in progress
+        return self.gather()
+
     def forget(self) -> None:
         """Send everything again next time, starting over with the newest NIC format."""
         self._sent.clear()
@@ -133,8 +143,8 @@ class GuestInfo(Service):
         self._nic_method = 0
 
     def gather(self) -> Deferred[None]:
-        """One round: OS names, host name, NICs, uptime (vmtoolsd's order)."""
-        return ensureDeferred(self._gather())
+        """One round: OS names, host name, NICs, uptime (vmtoolsd's order); rounds never overlap."""
+        return self._round.run(lambda: ensureDeferred(self._gather()))
 
     async def _gather(self) -> None:
         os_names = self._ask("OS names", self.source.os_names)

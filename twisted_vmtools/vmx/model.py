@@ -12,8 +12,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..codecs.tclo import TCLOError, parse_reply
+from ..codecs.tclo import PING, TCLOError, parse_reply
 from .guestinfo_view import first_ipv4, guest_fields
+from .lifecycle import MANAGED_OPTIONS, greet
 from .rpci_server import RPCIServer, ToolsState
 from .tclo_queue import DEFAULT_TIMEOUT, GuestGone, TCLOQueue
 
@@ -77,6 +78,8 @@ class VMX:
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = clock
         self.connected_channels: set[str] = set()
+        self.managed_options: tuple[tuple[bytes, bytes], ...] = MANAGED_OPTIONS
+        self.greeting: Deferred[None] | None = None  # the start sequence of the newest TCLO channel
 
     # -- what channels call
 
@@ -87,12 +90,19 @@ class VMX:
         return reply
 
     def tclo_connected(self, channel: str) -> None:
-        """A TCLO channel appeared: greet the guest the way a VMX does, then keep pinging."""
+        """A TCLO channel appeared: greet the guest the way a VMX does, then keep pinging.
+
+        The greeting (docs/vmx-lifecycle.md) is the same for a guest that
+        started, restarted, or found this VMX after the VMX restarted.
+        """
         self.connected_channels.add(channel)
-        self.send(b"reset").addErrback(lambda _: None)
-        self.send(b"ping").addErrback(lambda _: None)
-        if not self._pinger.running:
-            self._pinger.start(self._ping_interval, now=False)
+        self.greeting = ensureDeferred(self._greet())
+
+    async def _greet(self) -> None:
+        if await greet(self.send, self.managed_options):
+            self.send(PING).addErrback(lambda _: None)
+            if not self._pinger.running and self.connected_channels:
+                self._pinger.start(self._ping_interval, now=False)
 
     def tclo_disconnected(self, channel: str) -> None:
         self.connected_channels.discard(channel)
@@ -125,7 +135,9 @@ class VMX:
 
     @property
     def running(self) -> bool:
-        if self._last_alive is None or not self.connected_channels:
+        """Alive and registered: tools that never answered Capabilities_Register are not "running",
+        so status never shows them running and not installed at once."""
+        if self._last_alive is None or not self.connected_channels or self.tools.version is None:
             return False
         return self.clock.seconds() - self._last_alive <= self._stale_after
 
@@ -163,7 +175,7 @@ class VMX:
 
     async def _ping_once(self) -> None:
         try:
-            reply = await self.send(b"ping", timeout=self._stale_after)
+            reply = await self.send(PING, timeout=self._stale_after)
             parse_reply(reply)
         except TCLOError:
             self.log.warn("guest answered ping with garbage")
