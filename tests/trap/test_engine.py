@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from twisted_vmtools.vmx.trap import engine as engine_module
+from twisted_vmtools.vmx.trap.cpuid import cpuid_faulting_available
 from twisted_vmtools.vmx.trap.engine import HostIsVMwareError, TrapEngine
 
 
@@ -33,8 +34,22 @@ def test_cpuid_looks_like_vmware(programs, host, output):
     # Never advertise VMCALL/VMMCALL (ECX bits 0/1 of the timing leaf).
     assert "ecx 0 edx 0" in text
     assert "leaf 0x40000100 0 0 0 0" in text  # the real hypervisor stays hidden
-    assert engine.statistics.cpuid == 5
-    assert engine.statistics.cpuid_leaves[0x40000000] == 1
+    assert_program_cpuids(engine.statistics)
+
+
+def assert_program_cpuids(stats):
+    """The five CPUIDs of `trapped cpuid` were answered, on either path.
+
+    With CPUID faulting every CPUID of the process traps (the loader's and
+    libc's too), so only the hypervisor leaves count exactly everywhere;
+    with int3 breakpoints exactly the program's own five trap.
+    """
+    assert stats.hypervisor_leaves == {0x40000000: 1, 0x40000010: 1, 0x40000100: 1}
+    assert stats.cpuid_leaves[0] >= 1 and stats.cpuid_leaves[1] >= 1
+    if stats.faulting_images:
+        assert stats.cpuid >= 5
+    else:
+        assert stats.cpuid == 5
 
 
 def test_getversion(programs, host, output):
@@ -110,12 +125,16 @@ def test_group_stop_and_continue(programs, host, output):
     assert "continued" in text
 
 
-def test_library_loaded_later(programs, host, output):
-    # dlmain has no backdoor code; libbd.so, dlopen'ed, has: found via r_brk.
-    status, text, engine = run(host, [programs.dlmain, programs.bdlib], output)
+@pytest.mark.parametrize("mode", ["int3", "auto"])
+def test_library_loaded_later(programs, host, output, mode):
+    # dlmain has no backdoor code; libbd.so, dlopen'ed, has: with int3
+    # breakpoints its CPUID site is found via r_brk, with faulting it traps anyway.
+    status, text, engine = run(host, [programs.dlmain, programs.bdlib], output, cpuid_mode=mode)
     assert (status, text) == (0, "bd_check 0\n")
-    assert engine.statistics.cpuid == 1
-    assert engine.statistics.loader_hits >= 2
+    stats = engine.statistics
+    assert stats.hypervisor_leaves == {0x40000000: 1}
+    if mode == "int3":
+        assert (stats.faulting_images, stats.cpuid, stats.loader_hits >= 2) == (0, 1, True)
 
 
 def test_sandbox(programs, host, output):
@@ -193,12 +212,62 @@ def test_host_may_decline(programs, output):
 
 
 def test_cpuid_fault_mode(programs, host, output):
-    # Where the CPU lacks CPUID faulting (this KVM guest) the injected
-    # arch_prctl fails and the engine falls back to int3, transparently.
+    # Where the CPU lacks CPUID faulting the injected arch_prctl fails and
+    # the engine falls back to int3, transparently.
     status, text, engine = run(host, [programs.trapped, "cpuid"], output, cpuid_mode="fault")
     assert status == 0
     assert "signature VMwareVMware max 0x40000010" in text
-    assert engine.statistics.cpuid == 5
+    assert_program_cpuids(engine.statistics)
+    faulting = int(cpuid_faulting_available())
+    assert (engine.statistics.faulting_images, engine.statistics.breakpoint_images) == (faulting, 1 - faulting)
+
+
+def test_int3_mode_never_faults(programs, host, output):
+    status, _text, engine = run(host, [programs.trapped, "cpuid"], output, cpuid_mode="int3")
+    assert status == 0
+    assert (engine.statistics.faulting_images, engine.statistics.breakpoint_images) == (0, 1)
+    assert engine.statistics.cpuid == 5  # exactly the program's own
+
+
+class InterruptedArming(TrapEngine):
+    """Sends signals to the tracee at its exec stop, just before the engine
+    single-steps it to arm CPUID faulting: the race `terminate` runs into
+    (its SIGCONT makes every seized tracee report a PTRACE_EVENT_STOP first)."""
+
+    def __init__(self, host, signals, **options):
+        super().__init__(host, **options)
+        self.signals = signals
+
+    def _arm_cpuid_faulting(self, thread, deferred):
+        for sig in self.signals:
+            os.kill(thread.tid, sig)
+        return super()._arm_cpuid_faulting(thread, deferred)
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [
+        ((signal.SIGCONT,), 0),  # the notification stop used to leave the step trap queued: 133
+        ((signal.SIGTERM, signal.SIGCONT), 128 + signal.SIGTERM),
+        ((signal.SIGUSR1,), 128 + signal.SIGUSR1),  # held back during the step, then delivered
+        ((signal.SIGUSR2, signal.SIGUSR1), 128 + signal.SIGUSR1),  # the lower number is dequeued first
+    ],
+)
+def test_signals_while_arming_never_leave_a_trap(programs, host, signals, expected):
+    # "fault" mode steps the tracee at its first exec on every host (where
+    # faulting is unavailable the injected arch_prctl fails, after the steps).
+    engine = InterruptedArming(host, signals, cpuid_mode="fault", timeout=20)
+    assert engine.run([programs.trapped, "getversion"]) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["int3", "fault", "auto"])
+def test_terminate_at_once_ends_by_sigterm_every_time(programs, host, mode):
+    # `vmtools-sim run --timeout 0`: SIGTERM and SIGCONT land while the
+    # engine is still setting up the program, stepping it or not.
+    for _ in range(20):
+        engine = TrapEngine(host, timeout=0, cpuid_mode=mode)
+        assert engine.run([programs.trapped, "sleep"]) == 128 + signal.SIGTERM
 
 
 TRACER = """

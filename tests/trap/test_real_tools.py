@@ -46,7 +46,9 @@ def test_rpctool_info_set_then_get(vmx, output):
     # 2 GETVERSION + OPEN, SENDSIZE, RECVSIZE, RECVSTATUS, CLOSE; one HB each way.
     stats = engine.statistics
     assert (stats.low_bandwidth, stats.high_bandwidth_out, stats.high_bandwidth_in) == (7, 1, 1)
-    assert stats.cpuid == 10
+    # Its VMware probes (libvmtools' VmCheck and backdoor setup), on either CPUID path.
+    assert stats.hypervisor_leaves == {0x40000000: 5, 0x40000010: 2}
+    assert stats.cpuid == 10 or stats.faulting_images
     assert not host.channels.channels  # closed by the tool, or at its exit
 
     status, text, _engine = run(host, [RPCTOOL, "info-get guestinfo.x"], output)

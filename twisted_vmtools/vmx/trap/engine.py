@@ -40,7 +40,7 @@ from twisted_vmtools.codecs.backdoor import (
 )
 
 from . import elf, ptrace
-from .cpuid import VMWARE_SIGNATURE, VMwareCPUID, cpuid_faulting_available, hypervisor_signature
+from .cpuid import HYPERVISOR_BASE, VMWARE_SIGNATURE, VMwareCPUID, cpuid_faulting_available, hypervisor_signature
 from .interfaces import IBackdoorHost
 from .launch import encode_spec
 from .process import (
@@ -81,6 +81,15 @@ TRACE_OPTIONS = (
 )
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A signal (or job-control stop) that arrived while the engine stepped a
+    tracee, held back until the step is over."""
+
+    signal: int
+    info: ptrace.SigInfo | None  # None: a group stop, to be raised again
+
+
 class TrapEngineError(Exception):
     """The engine cannot run a program."""
 
@@ -104,11 +113,23 @@ class TrapStatistics:
     processes: int = 0
     threads: int = 0
     execs: int = 0
-    cpuid_leaves: dict[int, int] = field(default_factory=dict)
+    cpuid_leaves: dict[int, int] = field(default_factory=dict)  # CPUID emulations per leaf (EAX)
+    faulting_images: int = 0  # exec'd images whose every CPUID faults (cpuid_fault)
+    breakpoint_images: int = 0  # exec'd images whose backdoor objects get int3 over their CPUIDs
 
     @property
     def backdoor_traps(self) -> int:
         return self.low_bandwidth + self.high_bandwidth_out + self.high_bandwidth_in
+
+    @property
+    def hypervisor_leaves(self) -> dict[int, int]:
+        """CPUID emulations per leaf of the hypervisor range (0x4xxxxxxx).
+
+        Only code probing for a hypervisor asks these, so the counts are the
+        same on both paths; the other leaves' counts are not: with faulting
+        every CPUID traps, the dynamic loader's and libc's included.
+        """
+        return {leaf: n for leaf, n in self.cpuid_leaves.items() if leaf & 0xF0000000 == HYPERVISOR_BASE}
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -199,7 +220,7 @@ class TrapEngine:
         self._main_pid = 0
         self._main_status: int | None = None
         self._timers: list[threading.Timer] = []
-        self._stray_signal = 0
+        self._exits: list[tuple[int, int]] = []  # exit statuses consumed by a targeted wait
 
     # -- public API ---------------------------------------------------------
 
@@ -438,6 +459,8 @@ class TrapEngine:
         except OSError as exc:
             self.log.failure("trap engine error on thread {tid}: {exc}", tid=tid, exc=exc)
             self._resume(tid)
+        while self._exits:  # reported to a targeted wait (`_step`) meanwhile
+            self._on_exit(*self._exits.pop(0))
 
     def _resume(self, tid: int, sig: int = 0) -> None:
         try:
@@ -560,20 +583,24 @@ class TrapEngine:
     def _setup_image(self, thread: Thread) -> int:
         """Arrange CPUID interception in a new image; a signal to deliver, or 0."""
         space = thread.process.space
-        pending = 0
-        if self.use_faulting:
-            armed, pending = self._arm_cpuid_faulting(thread)
-            if armed:
+        deferred: list[_Deferred] = []
+        try:
+            if self.use_faulting and self._arm_cpuid_faulting(thread, deferred):
                 space.cpuid_faulting = True
-                return 0
-        maps = read_maps(thread.tid)
-        base = read_auxv(thread.tid).get(AT_BASE, 0)
-        if base:
-            self._plant_loader_hook(thread.tid, space, maps, base)
-        self._scan(thread, maps)
-        return pending
+                self.statistics.faulting_images += 1
+                return self._replay(thread, deferred)
+            self.statistics.breakpoint_images += 1
+            maps = read_maps(thread.tid)
+            base = read_auxv(thread.tid).get(AT_BASE, 0)
+            if base:
+                self._plant_loader_hook(thread.tid, space, maps, base)
+            self._scan(thread, maps)
+        except BaseException:
+            self._replay(thread, deferred, resend_all=True)
+            raise
+        return self._replay(thread, deferred)
 
-    def _arm_cpuid_faulting(self, thread: Thread) -> tuple[bool, int]:
+    def _arm_cpuid_faulting(self, thread: Thread, deferred: list[_Deferred]) -> bool:
         """Make CPUID fault in the freshly exec'd image (execve resets it).
 
         Injects `arch_prctl(ARCH_SET_CPUID, 0)` at the entry point.  At the
@@ -581,12 +608,12 @@ class TrapEngine:
         temporary `syscall` there is race-free.  The first step only leaves
         execve (the kernel reports a step at system call exit, and would
         overwrite RAX with execve's result); the second runs the injected
-        call.  Returns (armed, signal that arrived meanwhile, to deliver).
+        call.  Signals that stop the tracee meanwhile are held in `deferred`
+        for `_replay`.  Returns whether faulting is armed.
         """
         tid = thread.tid
         space = thread.process.space
-        if not self._step(tid):
-            return False, self._stray_signal
+        self._step(tid, deferred)
         saved = ptrace.get_regs(tid)
         original = space.read(saved.rip, 2)
         regs = ptrace.get_regs(tid)
@@ -594,37 +621,75 @@ class TrapEngine:
         space.write(saved.rip, b"\x0f\x05")
         try:
             ptrace.set_regs(tid, regs)
-            stepped = self._step(tid)
+            self._step(tid, deferred)
             after = ptrace.get_regs(tid)
         finally:
-            space.write(saved.rip, original)
-            ptrace.set_regs(tid, saved)
-        pending = 0 if stepped else self._stray_signal
-        # A signal may have stopped it before or after the `syscall`.
-        result = after.rax if after.rip == saved.rip + 2 else MASK64
+            try:
+                space.write(saved.rip, original)
+                ptrace.set_regs(tid, saved)
+            except (OSError, ptrace.TraceeGone):
+                pass  # it died mid-step (SIGKILL): nothing left to restore
+        result = after.rax
         if result == 0:
-            return True, pending
-        if after.rip == saved.rip + 2:
-            self.log.info(
-                "CPUID faulting refused ({errno}) in {tgid}; using int3 breakpoints",
-                errno=-(result - (1 << 64)) if result >> 63 else result,
-                tgid=thread.process.tgid,
-            )
-            self.use_faulting = False
-        return False, pending
-
-    def _step(self, tid: int) -> bool:
-        """Single-step `tid`; False (and `_stray_signal` set) if a signal came instead."""
-        self._stray_signal = 0
-        ptrace.singlestep(tid)
-        _, status = os.waitpid(tid, ptrace.WALL)
-        if not os.WIFSTOPPED(status):
-            raise ptrace.TraceeGone(tid)
-        sig = os.WSTOPSIG(status)
-        if status >> 16 == 0 and sig == signal.SIGTRAP and ptrace.get_siginfo(tid).si_code in STEP_CODES:
             return True
-        self._stray_signal = sig if status >> 16 == 0 else 0
+        self.log.info(
+            "CPUID faulting refused ({errno}) in {tgid}; using int3 breakpoints",
+            errno=-(result - (1 << 64)) if result >> 63 else result,
+            tgid=thread.process.tgid,
+        )
+        self.use_faulting = False
         return False
+
+    def _step(self, tid: int, deferred: list[_Deferred]) -> None:
+        """Single-step `tid` until its step trap is reported, and consume it.
+
+        Other stops may come first, and are never allowed to leave the step
+        trap behind: the trap is queued (SIGTRAP) by then, and would later be
+        delivered to the program, killing it.  A PTRACE_EVENT_STOP (the trap
+        notification a SIGCONT sends every seized tracee; `terminate` sends
+        one) is reported before any queued signal, and a signal may be
+        dequeued before the trap is raised.  So: step again until the trap
+        comes; signals are held back (suppressed now, replayed afterwards),
+        job-control stops likewise, notifications dropped.
+        """
+        while True:
+            ptrace.singlestep(tid)
+            _, status = os.waitpid(tid, ptrace.WALL)
+            if not os.WIFSTOPPED(status):
+                self._exits.append((tid, status))
+                raise ptrace.TraceeGone(tid)
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event == ptrace.PTRACE_EVENT_STOP:
+                if sig in GROUP_STOP_SIGNALS:
+                    deferred.append(_Deferred(sig, None))
+                continue
+            if event:
+                continue  # no other event can come from a step here
+            info = ptrace.get_siginfo(tid)
+            if sig == signal.SIGTRAP and info.si_code in STEP_CODES:
+                return
+            deferred.append(_Deferred(sig, info))
+
+    def _replay(self, thread: Thread, deferred: list[_Deferred], resend_all: bool = False) -> int:
+        """Give back the signals `_step` held: the first to deliver on resuming
+        (with its own siginfo, the tracee being in a signal stop), the rest
+        sent again."""
+        first = 0
+        for held in deferred:
+            if not first and not resend_all and held.info is not None:
+                try:
+                    ptrace.set_siginfo(thread.tid, held.info)
+                except (OSError, ptrace.TraceeGone):
+                    continue
+                first = held.signal
+                self.statistics.signals_delivered += 1
+                continue
+            try:
+                os.kill(thread.process.tgid, held.signal)  # our stopped tracee: the pid is still its own
+            except OSError:
+                pass
+        deferred.clear()
+        return first
 
     def _plant_loader_hook(self, tid: int, space: AddressSpace, maps: list[Mapping], base: int) -> None:
         loader = next((m for m in maps if m.start == base and m.offset == 0 and m.path), None)
