@@ -2,7 +2,7 @@
 
     python benchmarks/trap_cost.py [--count N]
 
-Compiles tests/trap_programs/bench.c, then runs it under `TrapEngine` with the
+Compiles tests/vmx/trap/programs/bench.c, then runs it under `TrapEngine` with the
 tracer and tracee pinned to one CPU (the default) and unpinned, and prints
 the wall time per trapped operation as measured inside the tracee.
 """
@@ -24,7 +24,7 @@ from twisted_vmtools.codecs import backdoor as bd
 from twisted_vmtools.vmx.trap.engine import TrapEngine
 from twisted_vmtools.vmx.trap.interfaces import IBackdoorHost
 
-SOURCES = Path(__file__).resolve().parent.parent / "tests" / "trap_programs"
+SOURCES = Path(__file__).resolve().parent.parent / "tests" / "vmx" / "trap" / "programs"
 
 
 @implementer(IBackdoorHost)

@@ -1,14 +1,17 @@
-"""Shared test scaffolding: a guest and a simulated VMX joined in memory by iosim."""
+"""Shared test scaffolding: synchronous Deferred results, and a guest and a simulated VMX joined in
+memory by iosim."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
@@ -17,6 +20,31 @@ from twisted_vmtools.service import ToolsService
 from twisted_vmtools.vmx.control import ControlServer
 from twisted_vmtools.vmx.model import VMX
 from twisted_vmtools.vmx.stream import VMXStreamFactory
+
+T = TypeVar("T")
+
+
+def outcome_of(d: defer.Deferred[Any]) -> object:
+    """What ``d`` has already fired with: its result, or the `Failure` (consumed)."""
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
+
+
+def result_of(d: defer.Deferred[T]) -> T:
+    """The result ``d`` has already fired with; a failure is raised here."""
+    outcome = outcome_of(d)
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+    return outcome  # type: ignore[return-value]
+
+
+def failure_of(d: defer.Deferred[Any]) -> Failure:
+    """The `Failure` ``d`` has already fired with (consumed); a success fails the test."""
+    outcome = outcome_of(d)
+    assert isinstance(outcome, Failure), f"the Deferred succeeded with {outcome!r}"
+    return outcome
 
 
 @implementer(IStreamClientEndpoint)
@@ -83,17 +111,13 @@ class Harness:
 
     def send(self, command: bytes) -> bytes:
         """Send a TCLO command and return the guest's reply (it must arrive while settling)."""
-        replies: list[object] = []
-        self.vmx.send(command).addBoth(replies.append)
+        sent = self.vmx.send(command)
         self.settle()
-        assert replies, f"no reply to {command!r}"
-        reply = replies[0]
+        reply = outcome_of(sent)
         assert isinstance(reply, bytes), reply
         return reply
 
     def rpci(self, request: bytes) -> object:
-        results: list[object] = []
-        self.service.rpci.call(request).addBoth(results.append)
+        called = self.service.rpci.call(request)
         self.settle()
-        assert results, f"no reply to {request!r}"
-        return results[0]
+        return outcome_of(called)

@@ -17,6 +17,8 @@ import pytest
 from twisted_vmtools.codecs.datamap import VsockPacket, decode_packet
 from twisted_vmtools.codecs.stream import StreamKind
 
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
+
 REPO = Path(__file__).resolve().parent.parent
 GUEST_IP = "198.51.100.7"
 

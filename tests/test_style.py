@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
+
 REPO = Path(__file__).resolve().parent.parent
 
 

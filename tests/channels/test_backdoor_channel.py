@@ -6,10 +6,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.support import failure_of, result_of
 from twisted_vmtools.channels.backdoor import (
     HANDLER_FAILED,
     BackdoorChannel,
@@ -29,23 +29,6 @@ from twisted_vmtools.codecs.message import (
 )
 
 from .fakes import GARBAGE, FakeVMX, Interposer, message_type, status_reply
-
-
-def result_of(d: Deferred[bytes]) -> bytes:
-    results: list[object] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    assert isinstance(results[0], bytes)
-    return results[0]
-
-
-def failure_of(d: Deferred[bytes]) -> Failure:
-    results: list[object] = []
-    d.addBoth(results.append)
-    assert results and isinstance(results[0], Failure)
-    return results[0]
 
 
 def make(high_bandwidth: bool = True) -> tuple[FakeVMX, Interposer, Clock, BackdoorChannel]:

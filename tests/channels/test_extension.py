@@ -43,6 +43,7 @@ def test_arguments_checked_before_anything_runs() -> None:
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+@pytest.mark.slow
 def test_extension_builds(tmp_path: Path) -> None:
     result = subprocess.run(
         [

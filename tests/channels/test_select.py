@@ -11,10 +11,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.support import result_of
 from twisted_vmtools.channels.backdoor import BackdoorChannel, host_executor
 from twisted_vmtools.channels.detect import BackdoorInterface, Detection
 from twisted_vmtools.channels.interfaces import IGuestChannel, ITCLOHandler
@@ -44,15 +44,6 @@ def refusing(calls: list[tuple[int, bool]]):  # noqa: ANN201
 
 def no_detection() -> Detection:
     pytest.fail("detection must not run for a stream transport")
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    results: list[object] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.mark.parametrize("spec", ["unix:/tmp/vmx.sock", "tcp:127.0.0.1:9999"])

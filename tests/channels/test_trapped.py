@@ -17,10 +17,13 @@ import pytest
 _backdoor = pytest.importorskip(
     "twisted_vmtools._backdoor", reason="build it first: python setup.py build_ext --inplace"
 )
-pytestmark = pytest.mark.skipif(
-    not (_backdoor.SUPPORTED and sys.platform == "linux" and platform.machine() == "x86_64"),
-    reason="the trap engine and the backdoor are x86-64 Linux only",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (_backdoor.SUPPORTED and sys.platform == "linux" and platform.machine() == "x86_64"),
+        reason="the trap engine and the backdoor are x86-64 Linux only",
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = [sys.executable, "-m", "twisted_vmtools.vmx.cli"]

@@ -5,6 +5,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from tests.support import outcome_of
 from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITCLOHandler
 from twisted_vmtools.protocols.rpci import RPCI, RPCIError
 
@@ -30,26 +31,20 @@ class CannedChannel:
         return defer.succeed(None)
 
 
-def result_of(d: Deferred[bytes]) -> object:
-    results: list[object] = []
-    d.addBoth(results.append)
-    return results[0]
-
-
 def test_success_strips_prefix() -> None:
     channel = CannedChannel(b"1 value")
-    assert result_of(RPCI(channel).call(b"info-get guestinfo.x")) == b"value"
+    assert outcome_of(RPCI(channel).call(b"info-get guestinfo.x")) == b"value"
     assert channel.requests == [b"info-get guestinfo.x"]
 
 
 @pytest.mark.parametrize("raw", [b"0 No value found", b"garbage", b"", b"1"])
 def test_failure_and_garbage_raise_rpcierror(raw: bytes) -> None:
-    failure = result_of(RPCI(CannedChannel(raw)).call(b"info-get guestinfo.x"))
+    failure = outcome_of(RPCI(CannedChannel(raw)).call(b"info-get guestinfo.x"))
     assert failure.check(RPCIError)  # type: ignore[attr-defined]
     if raw.startswith(b"0 "):
         assert failure.value.reply == b"No value found"  # type: ignore[attr-defined]
 
 
 def test_channel_errors_pass_through() -> None:
-    failure = result_of(RPCI(CannedChannel(ChannelError("gone"))).call(b"x"))
+    failure = outcome_of(RPCI(CannedChannel(ChannelError("gone"))).call(b"x"))
     assert failure.check(ChannelError)  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ from twisted_vmtools.vmx.conformance import (
     normalise,
 )
 
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -6,7 +6,7 @@ import json
 
 from twisted.internet.protocol import Factory
 
-from support import Harness
+from tests.support import Harness
 from twisted_vmtools.vmx.control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
 
 

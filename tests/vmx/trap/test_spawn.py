@@ -12,6 +12,8 @@ import pytest
 
 from twisted_vmtools.vmx.trap.spawn import spawn_trapped
 
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
+
 
 class ThreadReactor:
     """Just what `TrappedProgram` uses of a reactor; callFromThread queues."""

@@ -70,6 +70,7 @@ def test_xen_probe_cpuid_is_found_like_a_disassembler_does() -> None:
 
 @pytest.mark.skipif(not shutil.which("objdump") or not shutil.which("readelf"), reason="needs binutils")
 @pytest.mark.parametrize("path", [RPCTOOL, "/bin/true"])
+@pytest.mark.slow
 def test_agrees_with_objdump(path: str) -> None:
     try:
         data = open(path, "rb").read()

@@ -1,4 +1,4 @@
-"""The trap engine against small C programs (tests/trap_programs)."""
+"""The trap engine against small C programs (tests/vmx/trap/programs)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import pytest
 from twisted_vmtools.vmx.trap import engine as engine_module
 from twisted_vmtools.vmx.trap.cpuid import cpuid_faulting_available
 from twisted_vmtools.vmx.trap.engine import HostIsVMwareError, TrapEngine
+
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
 
 
 def run(host, argv, output=None, **options):

@@ -15,6 +15,8 @@ from twisted_vmtools.vmx.endpoints import backdoor_endpoints
 from twisted_vmtools.vmx.model import VMX
 from twisted_vmtools.vmx.trap.engine import TrapEngine
 
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
+
 RPCTOOL = "/usr/bin/vmware-rpctool"
 CHECKVM = "/usr/bin/vmware-checkvm"
 

@@ -15,7 +15,7 @@ from twisted_vmtools.codecs.nicinfo import (
 from twisted_vmtools.vmx.guestinfo_view import first_ipv4, guest_fields, os_detailed_names
 from twisted_vmtools.vmx.rpci_server import RPCIServer, ToolsState
 
-VMTOOLSD_12_2_REPORT = bytes.fromhex((Path(__file__).parent / "vmtoolsd-12.2.0-nicinfo.hex").read_text())
+VMTOOLSD_12_2_REPORT = bytes.fromhex((Path(__file__).parents[1] / "data" / "vmtoolsd-12.2.0-nicinfo.hex").read_text())
 
 
 def detailed(short: bytes, full: bytes, pairs: bytes) -> bytes:

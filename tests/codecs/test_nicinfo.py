@@ -100,7 +100,7 @@ def test_encoding_matches_the_observed_bytes() -> None:
 
 # A whole report from vmtoolsd 12.2.0 (Debian) under the trap engine against vmtools-sim: one NIC with three
 # addresses, eight routes (all of route type 0, which nicinfo.x does not define), and global DNS.
-VMTOOLSD_12_2_REPORT = bytes.fromhex((Path(__file__).parent / "vmtoolsd-12.2.0-nicinfo.hex").read_text())
+VMTOOLSD_12_2_REPORT = bytes.fromhex((Path(__file__).parents[1] / "data" / "vmtoolsd-12.2.0-nicinfo.hex").read_text())
 
 
 def test_a_whole_vmtoolsd_report() -> None:

@@ -7,6 +7,10 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
+
 
 def test_standalone_launcher_stops_then_execs_sandboxed() -> None:
     launcher = subprocess.Popen(

@@ -15,7 +15,7 @@ from zope.interface import implementer
 from twisted_vmtools.codecs import backdoor as bd
 from twisted_vmtools.vmx.trap.interfaces import IBackdoorHost
 
-SOURCES = Path(__file__).resolve().parent.parent / "trap_programs"
+SOURCES = Path(__file__).resolve().parent / "programs"
 
 
 @dataclass(frozen=True)

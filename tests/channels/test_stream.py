@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from support import Harness
+from tests.support import Harness
 from twisted_vmtools.codecs.datamap import PacketType, VsockPacket, decode_packet
 from twisted_vmtools.protocols.rpci import RPCIError
 from twisted_vmtools.vmx.model import NOT_RUNNING, RUNNING

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from support import Harness
+from tests.support import Harness
 from twisted_vmtools.codecs.nicinfo import (
     GuestNicList,
     GuestNicV3,

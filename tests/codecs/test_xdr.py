@@ -1,7 +1,4 @@
-"""The XDR packer/unpacker: round trips, exact bytes, and only `XDRError` on bad input.
-
-No ``__init__.py`` here, like tests/codecs: the directory is not a package.
-"""
+"""The XDR packer/unpacker: round trips, exact bytes, and only `XDRError` on bad input."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ def test_ordinary_objects_have_no_backdoor() -> None:
     assert info.cpuid_offsets == []
 
 
+@pytest.mark.slow
 def test_test_programs(programs) -> None:
     assert elf.analyse(programs.trapped).has_backdoor
     assert elf.analyse(programs.bdlib).has_backdoor
