@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from support import Harness
+from tests.support import Harness
 from twisted_vmtools.channels.stream import StreamChannel
 from twisted_vmtools.service import ToolsService
 from twisted_vmtools.vmx.control import ControlServer

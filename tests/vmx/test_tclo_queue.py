@@ -9,7 +9,7 @@ import sys
 import pytest
 from twisted.internet.task import Clock
 
-from support import Harness
+from tests.support import Harness
 from twisted_vmtools.vmx.tclo_queue import MAX_COMMAND, TCLOQueue, TCLORefused
 
 

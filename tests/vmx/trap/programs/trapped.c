@@ -1,5 +1,5 @@
 /* One test program, many scenarios (argv[1]); each exits 0 on success and
- * prints what it saw.  Run under the trap engine by tests/trap. */
+ * prints what it saw.  Run under the trap engine by tests/vmx/trap. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
