@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from twisted_vmtools.tap import Options, guest_info_interval
+from twisted_vmtools.tap import Options, guest_info_interval, guest_info_source, primary_ip_option
 from twisted_vmtools.toolsconf import ToolsConf, ToolsConfError, load_tools_conf
 
 REAL_LOOKING = """\
@@ -75,3 +75,13 @@ def test_bad_config_is_a_usage_error(tmp_path: Path) -> None:
         Options().parseOptions(["--config", str(tmp_path / "missing.conf")])
     with pytest.raises(usage.UsageError, match="poll-interval"):
         Options().parseOptions(["--config", write(tmp_path, "[guestinfo]\npoll-interval = x\n")])
+
+
+def test_exclude_nics_reaches_the_nic_report_and_primary_ip(tmp_path: Path) -> None:
+    conf = load_tools_conf(write(tmp_path, "[guestinfo]\nexclude-nics = eth*\n"))
+    source = guest_info_source(conf)
+    assert not source.nic_filter("eth0") and source.nic_filter("docker0")  # the file replaces the default list
+    default = guest_info_source(ToolsConf())
+    assert not default.nic_filter("docker0") and default.nic_filter("eth0")
+    assert primary_ip_option("192.0.2.77", source) == "192.0.2.77"
+    assert callable(primary_ip_option(None, source))

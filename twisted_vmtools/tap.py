@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from .channels.interfaces import ChannelError, IGuestChannel
 from .guest.guestinfo import DEFAULT_INTERVAL
+from .guest.netinfo import primary_ip
+from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
 from .service import ToolsService
 from .toolsconf import ToolsConf, ToolsConfError, load_tools_conf
 
@@ -89,6 +92,17 @@ def guest_info_interval(value: object, conf: ToolsConf | None = None) -> float |
     return interval or None
 
 
+def guest_info_source(conf: ToolsConf | None) -> SystemGuestInfoSource:
+    """This machine's facts, with tools.conf's ``[guestinfo] exclude-nics`` if it sets one."""
+    exclude = (conf or ToolsConf()).get_list("guestinfo", "exclude-nics")
+    return SystemGuestInfoSource(exclude_nics=DEFAULT_EXCLUDE_NICS if exclude is None else exclude)
+
+
+def primary_ip_option(value: str | None, source: SystemGuestInfoSource) -> Callable[[], str | None] | str:
+    """``--primary-ip``, else the first usable IPv4 address of a NIC the report includes."""
+    return value if value else lambda: primary_ip(source.nic_filter)
+
+
 def make_channel(reactor: object, transport: str) -> IGuestChannel:
     """The channel ``--transport`` names (see twisted_vmtools.channels.select)."""
     from .channels.select import make_channel as select_channel
@@ -102,7 +116,6 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
 
         reactor = global_reactor
     trace = bool(options["trace"])
-    interval = guest_info_interval(options["guestinfo-interval"], options.get("tools-conf"))
     if options["simulate"]:
         from .channels.stream import StreamChannel
         from .vmx.simulator import SimulatorService, client_description
@@ -117,13 +130,24 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         top = MultiService()
         SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
         channel: IGuestChannel = StreamChannel(reactor, client_description(where))  # type: ignore[arg-type]
-        ToolsService(
-            reactor, channel, primary_ip=options["primary-ip"], guest_info_interval=interval, trace=trace
-        ).setServiceParent(top)
+        tools_service(reactor, channel, options).setServiceParent(top)
         return top
     try:
         channel = make_channel(reactor, options["transport"])
     except ChannelError as error:
         # A clear sentence, not a traceback: this is the usual mistake outside a VMware VM.
         raise SystemExit(f"twistd vmtools: {error}") from None
-    return ToolsService(reactor, channel, primary_ip=options["primary-ip"], guest_info_interval=interval, trace=trace)
+    return tools_service(reactor, channel, options)
+
+
+def tools_service(reactor: object, channel: IGuestChannel, options: Options) -> ToolsService:
+    """The guest tools as the options (and the tools.conf they name) configure them."""
+    conf = options.get("tools-conf")
+    source = guest_info_source(conf)
+    return ToolsService(
+        reactor, channel,
+        primary_ip=primary_ip_option(options["primary-ip"], source),
+        guest_info_interval=guest_info_interval(options["guestinfo-interval"], conf),
+        guest_info_source=source,
+        trace=bool(options["trace"]),
+    )

@@ -8,6 +8,8 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from tests.support import Harness
+from twisted_vmtools.codecs.diskinfo import DiskEntry, encode_disk_info
+from twisted_vmtools.codecs.guestos import DetailedData, encode_detailed_data
 from twisted_vmtools.codecs.nicinfo import (
     GuestNicList,
     GuestNicV3,
@@ -42,6 +44,8 @@ class FixedSource:
     info: NicInfoV3 = NICS
     name: str = "vm1"
     names: tuple[str, str] = ("Linux 6.1.0 Debian GNU/Linux 12 (bookworm)", "debian12-64")
+    details: dict[str, str] = field(default_factory=lambda: {"familyName": "Linux", "prettyName": "Debian 12"})
+    mounts: tuple[DiskEntry, ...] = (DiskEntry("/", 1000, 4000, "ext4"),)
     seconds: float = 1234.56
     broken: set[str] = field(default_factory=set)
 
@@ -56,6 +60,14 @@ class FixedSource:
     def os_names(self) -> tuple[str, str]:
         self._check("os_names")
         return self.names
+
+    def os_detailed(self) -> DetailedData:
+        self._check("os_detailed")
+        return DetailedData(self.names[1], self.names[0], self.details)
+
+    def disks(self) -> tuple[DiskEntry, ...]:
+        self._check("disks")
+        return self.mounts
 
     def uptime(self) -> float:
         self._check("uptime")
@@ -89,14 +101,18 @@ def test_status_shows_everything_right_after_capabilities_register() -> None:
     harness = make()
     harness.start()  # the VMX greets the new channel: reset, Capabilities_Register, options
     status = harness.vmx.status()
-    assert status["guest.net"] == [{"macAddress": MAC, "ipAddress": ["fe80::1", "192.0.2.2"], "prefixes": [64, 24]}]
+    assert status["guest.net"] == [{"macAddress": MAC, "ipAddress": ["fe80::1", "192.0.2.2"], "prefixes": [64, 24],
+                                  "connected": True}]
     assert status["guest.ipAddress"] == "192.0.2.2"  # no guestinfo.ip: the first NIC IPv4
     assert status["guest.hostName"] == "vm1"
     assert status["guest.guestFullName"] == "Linux 6.1.0 Debian GNU/Linux 12 (bookworm)"
     assert status["guest.osName"] == "debian12-64"
+    assert (status["guest.guestId"], status["guest.guestFamily"]) == ("debian12_64Guest", "linuxGuest")
+    assert status["guest.disk"] == [{"diskPath": "/", "capacity": 4000, "freeSpace": 1000, "filesystemType": "ext4",
+                                     "mappings": []}]
     assert status["guest.uptimeSeconds"] == 1234
     # The uptime with Capabilities_Register, as vmtoolsd; then the first full round.
-    assert keys(sent(harness)) == [7, 5, 6, 1, 10]
+    assert keys(sent(harness)) == [7, 11, 1, 10]
 
 
 def test_next_round_one_interval_after_capabilities_register() -> None:
@@ -118,7 +134,11 @@ def test_wire_format_is_byte_exact() -> None:
     requests = sent(harness)
     assert b"SetGuestInfo  1 vm1\0" in requests
     assert b"SetGuestInfo  7 123456\0" in requests
-    assert b"SetGuestInfo  6 debian12-64\0" in requests
+    assert b"SetGuestInfo  11 " + encode_detailed_data(DetailedData(
+        "debian12-64", "Linux 6.1.0 Debian GNU/Linux 12 (bookworm)", {"familyName": "Linux", "prettyName": "Debian 12"}
+    )) in requests
+    disk_requests = [r.data for r in harness.vmx.records if r.data.startswith(b"SetGuestDiskInfo")]
+    assert disk_requests == [encode_disk_info([DiskEntry("/", 1000, 4000, "ext4")])]
     assert b"SetGuestInfo  10 " + encode_nic_info(NICS) in requests  # binary: no NUL appended
 
 
@@ -144,7 +164,7 @@ def test_only_changes_are_sent() -> None:
     harness.settle(30)
     assert keys(sent(harness)[first:]) == [10, 7]
     net = harness.vmx.status()["guest.net"]
-    assert net == [{"macAddress": MAC, "ipAddress": ["192.0.2.3"], "prefixes": [25]}]
+    assert net == [{"macAddress": MAC, "ipAddress": ["192.0.2.3"], "prefixes": [25], "connected": True}]
 
 
 def refuse(harness: Harness, refused: object, reply: bytes = b"") -> list[bytes]:
@@ -185,13 +205,13 @@ def test_falls_back_to_key_9_then_v2_and_stays_there() -> None:
     v2 = decode_nic_info(harness2.vmx.tools.guest_info[9])
     assert isinstance(v2, GuestNicList) and v2.nics[0].ips[0].ip_address == "192.0.2.1"
     assert harness2.vmx.status()["guest.net"][0]["prefixes"][:2] == [24, 24]  # type: ignore[index]
-    attempts = [a[:4] for a in seen if not a.startswith((b" 1 ", b" 5 ", b" 6 ", b" 7 "))]
+    attempts = [a[:4] for a in seen if not a.startswith((b" 1 ", b" 5 ", b" 6 ", b" 7 ", b" 11 "))]
     assert attempts == [b" 10 ", b" 9 \0", b" 9 \0"]
 
     # Next change: straight to the method that worked.
     harness2.service.guest_info.source.info = NICS  # type: ignore[union-attr,attr-defined]
     harness2.settle(30)
-    attempts = [a[:4] for a in seen if not a.startswith((b" 1 ", b" 5 ", b" 6 ", b" 7 "))]
+    attempts = [a[:4] for a in seen if not a.startswith((b" 1 ", b" 5 ", b" 6 ", b" 7 ", b" 11 "))]
     assert attempts == [b" 10 ", b" 9 \0", b" 9 \0", b" 9 \0"]
 
 
@@ -231,7 +251,7 @@ def test_reset_makes_everything_go_again() -> None:
     first = len(sent(harness))
     assert harness.send(b"reset") == b"OK ATR toolbox"
     harness.settle(30)
-    assert keys(sent(harness)[first:]) == [5, 6, 1, 10, 7]
+    assert keys(sent(harness)[first:]) == [11, 1, 10, 7]
 
 
 def test_reset_then_capabilities_register_reports_everything_at_once() -> None:
@@ -240,17 +260,17 @@ def test_reset_then_capabilities_register_reports_everything_at_once() -> None:
     first = len(sent(harness))
     assert harness.send(b"reset") == b"OK ATR toolbox"
     assert harness.send(b"Capabilities_Register") == b"OK "
-    assert keys(sent(harness)[first:]) == [7, 5, 6, 1, 10]
+    assert keys(sent(harness)[first:]) == [7, 11, 1, 10]
 
 
 def test_broken_source_loses_one_fact_not_the_loop() -> None:
-    source = FixedSource(broken={"nic_info", "os_names"})
+    source = FixedSource(broken={"nic_info", "os_detailed", "os_names"})
     harness = make(source)
     harness.start()
     assert keys(sent(harness)) == [7, 1]
     source.broken.clear()
     harness.settle(30)
-    assert keys(sent(harness)) == [7, 1, 5, 6, 10]
+    assert keys(sent(harness)) == [7, 1, 11, 10]
 
 
 def test_disabled() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import NamedTuple
 
 import psutil
 
+from twisted_vmtools.codecs.diskinfo import REPORTED_FILESYSTEMS, DiskEntry
+from twisted_vmtools.codecs.guestos import encode_detailed_data
 from twisted_vmtools.codecs.nicinfo import (
     InetCidrRouteType,
     IpAddressStatus,
@@ -17,11 +20,15 @@ from twisted_vmtools.codecs.nicinfo import (
 )
 from twisted_vmtools.guest.sysinfo import (
     SystemGuestInfoSource,
+    disks_from_mounts,
+    nic_filter_excluding,
     nics_from_interfaces,
+    os_detailed_data,
     os_full_name,
     os_short_name,
     parse_ipv4_routes,
     parse_ipv6_routes,
+    parse_mounts,
     parse_os_release,
     parse_resolv_conf,
     prefix_length,
@@ -135,9 +142,14 @@ def test_resolv_conf() -> None:
 
 def test_os_names() -> None:
     release = parse_os_release('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n# x=y\n')
-    assert os_full_name("Linux", "6.1.0-18-amd64", release) == "Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm)"
+    # vmtoolsd's form: every os-release field it reads, in its order.
+    assert os_full_name("Linux", "6.1.0-18-amd64", release) == "Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm) 12"
     assert os_short_name(release, True) == "debian12-64"
     assert os_short_name({}, False) == "otherlinux"
+    assert os_short_name({}, True, "6.1.0") == "other6xlinux-64"
+    assert os_short_name({}, True, "9.0") == "other7xlinux-64"  # "7.x and later"
+    assert os_short_name({"ID": "ubuntu", "VERSION_ID": "22.04"}, True) == "ubuntu-64"  # no versioned id
+    assert os_short_name({"ID": "rhel", "VERSION_ID": "9.3"}, True) == "rhel9-64"
 
 
 def test_this_machine_encodes(tmp_path: object) -> None:
@@ -156,4 +168,57 @@ def test_missing_proc_files(tmp_path: object) -> None:
     info = source.nic_info()
     assert info.routes == () and info.dns is None
     assert source.uptime() > 0  # from psutil's boot time
-    assert source.os_names()[1].startswith("otherlinux")
+    assert source.os_names()[1].startswith("other")
+
+
+def test_default_exclude_nics_and_a_custom_filter() -> None:
+    mac = [Addr(psutil.AF_LINK, "02:fc:00:00:00:09", None)]
+    interfaces = {name: mac for name in ("docker0", "veth1a2b", "virbr0", "antrea-gw0", "cali123", "eth0", "br0")}
+    names, _ = nics_from_interfaces(interfaces, {})
+    assert names == ["eth0", "br0"]  # open-vm-tools' default exclude-nics
+    names, _ = nics_from_interfaces(interfaces, {}, nic_filter_excluding(["br*"]))
+    assert "docker0" in names and "br0" not in names
+    names, _ = nics_from_interfaces(interfaces, {}, lambda name: name == "veth1a2b")
+    assert names == ["veth1a2b"]
+
+
+def test_mounts_and_disks() -> None:
+    mounts = parse_mounts(
+        "proc /proc proc rw 0 0\n/dev/sda1 / ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\n"
+        "/dev/sdb1 /mnt/my\\040data xfs rw 0 0\noverlay /var/lib/x overlay rw 0 0\nserver:/x /nfs nfs rw 0 0\n"
+        "/dev/sdc1 /gone btrfs rw 0 0\nshort line\n"
+    )
+    assert mounts[3] == ("/dev/sdb1", "/mnt/my data", "xfs")
+
+    class Space(NamedTuple):
+        f_bsize: int
+        f_blocks: int
+        f_bavail: int
+
+    def statvfs(path: str) -> Space:
+        if path == "/gone":
+            raise FileNotFoundError(path)
+        return Space(4096, 1000, 250)
+
+    disks = disks_from_mounts(mounts, statvfs)
+    assert disks == [DiskEntry("/", 250 * 4096, 1000 * 4096, "ext4"),
+                     DiskEntry("/mnt/my data", 250 * 4096, 1000 * 4096, "xfs")]
+
+
+OS_RELEASE = (
+    'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
+    'VERSION="12 (bookworm)"\nVERSION_CODENAME=bookworm\nID=debian\n'
+)
+
+
+def test_os_detailed_data_as_vmtoolsd_sends_it() -> None:
+    # The same machine as tests/data/vmtoolsd-12.2.0-osdetailed.hex.
+    sample = Path(__file__).parents[1] / "data" / "vmtoolsd-12.2.0-osdetailed.hex"
+    payload = bytes.fromhex(sample.read_text())[len(b"SetGuestInfo  11 "):]
+    ours = os_detailed_data("Linux", "6.18.44-fc-v669", "x86_64", parse_os_release(OS_RELEASE), True)
+    assert encode_detailed_data(ours) == payload
+
+
+def test_this_machine_reports_its_root_disk() -> None:
+    disks = SystemGuestInfoSource().disks()
+    assert all(d.fstype in REPORTED_FILESYSTEMS and d.size >= d.free for d in disks)

@@ -1,4 +1,4 @@
-"""`GuestInfo`: what vSphere shows under guest.* — NICs and IPs, host name, OS, uptime.
+"""`GuestInfo`: what vSphere shows under guest.* — NICs, IPs, routes and DNS, host name, OS, disks, uptime.
 
 Every ``interval`` seconds on the reactor's clock the facts are gathered
 from an `IGuestInfoSource` and sent with ``SetGuestInfo``, as vmtoolsd's
@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..codecs.diskinfo import DiskEntry, DiskInfoError, encode_disk_info
+from ..codecs.guestos import GuestOSError, encode_detailed_data
 from ..codecs.nicinfo import (
     NicInfoError,
     NicInfoV3,
@@ -94,6 +96,9 @@ class GuestInfo(Service):
         self._sent: dict[GuestInfoKey, str] = {}
         self._sent_nics: NicInfoV3 | None = None
         self._nic_method = 0
+        self._send_detailed = True
+        self._sent_detailed: bytes | None = None
+        self._sent_disks: tuple[DiskEntry, ...] | None = None
         self._round = DeferredLock()
         self._loop = LoopingCall(self.gather)
         self._loop.clock = reactor
@@ -141,16 +146,19 @@ class GuestInfo(Service):
         self._sent.clear()
         self._sent_nics = None
         self._nic_method = 0
+        self._send_detailed = True
+        self._sent_detailed = None
+        self._sent_disks = None
 
     def gather(self) -> Deferred[None]:
-        """One round: OS names, host name, NICs, uptime (vmtoolsd's order); rounds never overlap."""
+        """One round: OS, disks, host name, NICs, uptime (vmtoolsd's order); rounds never overlap."""
         return self._round.run(lambda: ensureDeferred(self._gather()))
 
     async def _gather(self) -> None:
-        os_names = self._ask("OS names", self.source.os_names)
-        if os_names is not None:
-            await self._send_text(GuestInfoKey.OS_NAME_FULL, os_names[0])
-            await self._send_text(GuestInfoKey.OS_NAME, os_names[1])
+        await self._send_os()
+        disks = self._ask("disks", self.source.disks)
+        if disks is not None:
+            await self._send_disks(tuple(disks))
         host_name = self._ask("host name", self.source.host_name)
         if host_name is not None:
             await self._send_text(GuestInfoKey.DNS_NAME, host_name)
@@ -158,6 +166,37 @@ class GuestInfo(Service):
         if nics is not None:
             await self.send_nic_info(nics)
         await self.send_uptime()
+
+    async def _send_os(self) -> None:
+        """Key 11 (detailed data), as vmtoolsd 12 does; keys 5 and 6 if the VMX refuses it."""
+        if self._send_detailed:
+            detailed = self._ask("OS details", self.source.os_detailed)
+            if detailed is not None:
+                try:
+                    payload = encode_detailed_data(detailed)
+                except GuestOSError as error:
+                    self.log.warn("cannot encode the OS details: {error}", error=str(error))
+                else:
+                    if payload == self._sent_detailed or await self._call(binary_request(GuestInfoKey.OS_DETAILED,
+                                                                                          payload)):
+                        self._sent_detailed = payload
+                        return
+                self._send_detailed = False  # until the next reset, as vmtoolsd
+        os_names = self._ask("OS names", self.source.os_names)
+        if os_names is not None:
+            await self._send_text(GuestInfoKey.OS_NAME_FULL, os_names[0])
+            await self._send_text(GuestInfoKey.OS_NAME, os_names[1])
+
+    async def _send_disks(self, disks: tuple[DiskEntry, ...]) -> None:
+        if disks == self._sent_disks:
+            return
+        try:
+            request = encode_disk_info(disks)
+        except DiskInfoError as error:
+            self.log.warn("cannot encode the disk report: {error}", error=str(error))
+            return
+        if await self._call(request):
+            self._sent_disks = disks
 
     async def send_uptime(self) -> None:
         uptime = self._ask("uptime", self.source.uptime)
@@ -202,7 +241,7 @@ class GuestInfo(Service):
 
     async def _call(self, request: bytes) -> bool:
         """True if the VMX took the value: a reply of exactly ``1 `` (anything else: not updated)."""
-        name = request[: request.index(b" ", len(COMMAND) + 2)]
+        name = request[:20]
         try:
             body = await self.rpci.call(request)
         except RPCIError as error:

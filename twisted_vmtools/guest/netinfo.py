@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 
 import psutil
 
 
-def primary_ip() -> str | None:
+def primary_ip(nic_filter: Callable[[str], bool] | None = None) -> str | None:
     """The first global (or, failing that, private) IPv4 address of an up, non-loopback NIC.
 
     This is what ``Set_Option broadcastIP 1`` reports as ``guestinfo.ip``;
-    open-vm-tools likewise prefers the first usable IPv4 address.
+    open-vm-tools likewise prefers the first usable IPv4 address.  Interfaces
+    ``nic_filter`` rejects (the NIC report's exclude-nics) are skipped too.
     """
     stats = psutil.net_if_stats()
     candidates: list[ipaddress.IPv4Address] = []
     for name, addresses in psutil.net_if_addrs().items():
         if name in stats and not stats[name].isup:
+            continue
+        if nic_filter is not None and not nic_filter(name):
             continue
         for address in addresses:
             if address.family != socket.AF_INET:

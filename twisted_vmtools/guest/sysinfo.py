@@ -7,19 +7,23 @@ are pure functions over the files' text, so they are tested on fixed input.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 import platform
+import re
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import psutil
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from ..codecs.diskinfo import REPORTED_FILESYSTEMS, DiskEntry, fit_name
+from ..codecs.guestos import FULL_NAME_SIZE, LINUX_GUEST_IDS, DetailedData
 from ..codecs.nicinfo import (
     DNS_MAX_SERVERS,
     DNS_MAX_SUFFIXES,
@@ -38,6 +42,9 @@ from ..codecs.nicinfo import (
     TypedIpAddress,
 )
 
+# open-vm-tools' default [guestinfo] exclude-nics on Linux: container and virtual-bridge interfaces.
+DEFAULT_EXCLUDE_NICS: tuple[str, ...] = ("docker*", "veth*", "virbr*", "antrea-*", "cali*")
+
 
 class IGuestInfoSource(Interface):
     """What a guest reports about itself.  Replace it to report something else (or, in tests, fixed facts)."""
@@ -46,7 +53,13 @@ class IGuestInfoSource(Interface):
         """The guest's host name (``guest.hostName``)."""
 
     def os_names() -> tuple[str, str]:
-        """(full name, short name): ``SetGuestInfo`` keys 5 and 6."""
+        """(full name, short name): ``SetGuestInfo`` keys 5 and 6, for a VMX that refuses key 11."""
+
+    def os_detailed() -> DetailedData:
+        """Short and full name plus the detailed OS data: ``SetGuestInfo`` key 11."""
+
+    def disks() -> Sequence[DiskEntry]:
+        """The file systems vSphere shows (``SetGuestDiskInfo``)."""
 
     def uptime() -> float:
         """Seconds since the guest booted."""
@@ -66,19 +79,36 @@ class SystemGuestInfoSource:
     log = Logger()
 
     def __init__(
-        self, *, proc: str = "/proc", resolv_conf: str = "/etc/resolv.conf", os_release: str = "/etc/os-release"
+        self,
+        *,
+        proc: str = "/proc",
+        resolv_conf: str = "/etc/resolv.conf",
+        os_release: str = "/etc/os-release",
+        exclude_nics: Sequence[str] = DEFAULT_EXCLUDE_NICS,
+        nic_filter: Callable[[str], bool] | None = None,
     ) -> None:
+        """``exclude_nics``: glob patterns of interfaces never reported (tools.conf's
+        ``[guestinfo] exclude-nics``); ``nic_filter``, if given, decides instead (True: report)."""
         self.proc = proc
         self.resolv_conf = resolv_conf
         self.os_release = os_release
+        self.nic_filter = nic_filter or nic_filter_excluding(exclude_nics)
 
     def host_name(self) -> str:
         return socket.gethostname()
 
     def os_names(self) -> tuple[str, str]:
+        detailed = self.os_detailed()
+        return detailed.full_name, detailed.short_name
+
+    def os_detailed(self) -> DetailedData:
         uname = platform.uname()
         release = parse_os_release(_read(self.os_release) or "")
-        return os_full_name(uname.system, uname.release, release), os_short_name(release, _is_64bit())
+        return os_detailed_data(uname.system, uname.release, uname.machine, release, _is_64bit())
+
+    def disks(self) -> list[DiskEntry]:
+        mounts = _read(os.path.join(self.proc, "self/mounts")) or _read(os.path.join(self.proc, "mounts")) or ""
+        return disks_from_mounts(parse_mounts(mounts), os.statvfs)
 
     def uptime(self) -> float:
         text = _read(os.path.join(self.proc, "uptime"))
@@ -90,7 +120,7 @@ class SystemGuestInfoSource:
         return max(0.0, time.time() - psutil.boot_time())
 
     def nic_info(self) -> NicInfoV3:
-        names, nics = nics_from_interfaces(psutil.net_if_addrs(), psutil.net_if_stats())
+        names, nics = nics_from_interfaces(psutil.net_if_addrs(), psutil.net_if_stats(), self.nic_filter)
         index = {name: i for i, name in enumerate(names)}
         routes = parse_ipv4_routes(_read(os.path.join(self.proc, "net/route")) or "", index)
         routes += parse_ipv6_routes(_read(os.path.join(self.proc, "net/ipv6_route")) or "", index)
@@ -123,17 +153,98 @@ def parse_os_release(text: str) -> dict[str, str]:
     return values
 
 
+# The os-release fields whose values, space-separated, make vmtoolsd's distribution string.
+OS_RELEASE_DISTRO_FIELDS = ("PRETTY_NAME", "NAME", "VERSION_ID", "BUILD_ID", "VERSION", "CPE_NAME")
+
+
 def os_full_name(system: str, release: str, os_release: Mapping[str, str]) -> str:
-    """vmtoolsd's Linux form: ``<sysname> <release> <distribution>``."""
-    distro = os_release.get("PRETTY_NAME") or os_release.get("NAME") or ""
+    """vmtoolsd's Linux form: ``<sysname> <release> <distribution>``, the distribution being every
+    os-release field it reads, in its order (so Debian 12 says its name and version twice)."""
+    distro = " ".join(os_release[key] for key in OS_RELEASE_DISTRO_FIELDS if os_release.get(key))
     return " ".join(part for part in (system, release, distro) if part)
 
 
-def os_short_name(os_release: Mapping[str, str], is_64bit: bool) -> str:
-    """A vmtoolsd-style short name: ``<distro><major version>`` and ``-64`` on 64-bit systems."""
-    distro = os_release.get("ID", "").lower() or "otherlinux"
+def os_short_name(os_release: Mapping[str, str], is_64bit: bool, kernel_release: str = "") -> str:
+    """The short name vSphere knows (``debian12-64``, ``ubuntu-64``): the distribution with its
+    major version if vSphere has a guest id for it, else without, else ``other<N>xlinux`` by kernel."""
+    suffix = "-64" if is_64bit else ""
+    distro = os_release.get("ID", "").lower()
     major = os_release.get("VERSION_ID", "").split(".")[0]
-    return f"{distro}{major}" + ("-64" if is_64bit else "")
+    for candidate in (f"{distro}{major}", distro):
+        if candidate and candidate + suffix in LINUX_GUEST_IDS:
+            return candidate + suffix
+    kernel = kernel_release.split(".")[0]
+    if kernel.isdigit() and int(kernel) >= 3:
+        return f"other{min(int(kernel), 7)}xlinux{suffix}"
+    return f"otherlinux{suffix}"
+
+
+def os_detailed_data(
+    system: str, release: str, machine: str, os_release: Mapping[str, str], is_64bit: bool
+) -> DetailedData:
+    """What vmtoolsd 12 sends as key 11, from uname and os-release."""
+    fields = {
+        "architecture": "Arm" if machine.startswith(("arm", "aarch")) else "X86",
+        "bitness": "64" if is_64bit else "32",
+        "buildNumber": os_release.get("BUILD_ID", ""),
+        "cpeString": os_release.get("CPE_NAME", ""),
+        "distroAddlVersion": os_release.get("VERSION", ""),
+        "distroName": os_release.get("NAME", "") or system,
+        "distroVersion": os_release.get("VERSION_ID", ""),
+        "familyName": system,
+        "kernelVersion": release,
+        "prettyName": os_release.get("PRETTY_NAME", ""),
+    }
+    full = os_full_name(system, release, os_release).encode()[: FULL_NAME_SIZE - 1].decode("utf-8", "ignore")
+    return DetailedData(os_short_name(os_release, is_64bit, release), full, fields)
+
+
+def nic_filter_excluding(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """A NIC filter reporting every interface whose name matches none of ``patterns`` (shell globs)."""
+    kept = tuple(patterns)
+    return lambda name: not any(fnmatch.fnmatchcase(name, pattern) for pattern in kept)
+
+
+def parse_mounts(text: str) -> list[tuple[str, str, str]]:
+    """(device, mount point, file system type) per line of /proc/mounts, octal escapes (``\\040``) undone."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            device, mount_point, fstype = (_unescape_mount(f) for f in fields[:3])
+            mounts.append((device, mount_point, fstype))
+    return mounts
+
+
+def _unescape_mount(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+class _StatVFS(Protocol):
+    @property
+    def f_bsize(self) -> int: ...
+    @property
+    def f_blocks(self) -> int: ...
+    @property
+    def f_bavail(self) -> int: ...
+
+
+def disks_from_mounts(
+    mounts: Sequence[tuple[str, str, str]], statvfs: Callable[[str], _StatVFS]
+) -> list[DiskEntry]:
+    """The mounts vmtoolsd reports (disk file systems only), with free space as users see it
+    (blocks available to non-root) and the total size, as vmtoolsd computes them."""
+    disks = []
+    for _device, mount_point, fstype in mounts:
+        if fstype not in REPORTED_FILESYSTEMS:
+            continue
+        try:
+            space = statvfs(mount_point)
+        except OSError:
+            continue  # unmounted meanwhile, or not ours to see
+        disks.append(DiskEntry(fit_name(mount_point), space.f_bavail * space.f_bsize,
+                               space.f_blocks * space.f_bsize, fstype))
+    return disks
 
 
 def prefix_length(netmask: str | None, bits: int) -> int:
@@ -164,17 +275,24 @@ class _InterfaceStats(Protocol):
 
 
 def nics_from_interfaces(
-    addresses: Mapping[str, Sequence[_InterfaceAddress]], stats: Mapping[str, _InterfaceStats]
+    addresses: Mapping[str, Sequence[_InterfaceAddress]],
+    stats: Mapping[str, _InterfaceStats],
+    nic_filter: Callable[[str], bool] | None = None,
 ) -> tuple[list[str], list[GuestNicV3]]:
     """psutil's interface tables as V3 NICs, with their names (routes refer to NICs by position).
 
     Interfaces that are down, have no Ethernet-style MAC (loopback, tunnels)
     or do not fit the protocol (InfiniBand's long hardware addresses) are
-    left out; so are loopback addresses, which no one outside can reach.
+    left out; so are loopback addresses, which no one outside can reach,
+    and the interfaces ``nic_filter`` rejects (default: open-vm-tools'
+    ``exclude-nics`` list: container and virtual-bridge interfaces).
     """
+    keep = nic_filter or nic_filter_excluding(DEFAULT_EXCLUDE_NICS)
     names: list[str] = []
     nics: list[GuestNicV3] = []
     for name, entries in addresses.items():
+        if not keep(name):
+            continue
         state = stats.get(name)
         if state is not None and not state.isup:
             continue

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from twisted.logger import Logger
 
 from ..codecs.nicinfo import NicInfoError, NicInfoV3, decode_guest_nic_proto
+from .guest_report import disks, ip_stack, os_fields
 
 log = Logger()
 
@@ -23,11 +24,6 @@ UPTIME = 7
 IPADDRESS_V2 = 9
 IPADDRESS_V3 = 10
 OS_DETAILED = 11
-
-# HostinfoDetailedDataHeader (protocol.md §5): u32 version, char shortName[129], char fullName[513], pad.
-_DETAILED_SHORT = slice(4, 133)
-_DETAILED_FULL = slice(133, 646)
-_DETAILED_HEADER_SIZE = 648
 
 NicView = dict[str, object]
 
@@ -44,26 +40,16 @@ def decode_stored_nic_info(raw: bytes) -> NicInfoV3:
 
 
 def nics(info: NicInfoV3) -> list[NicView]:
-    """``guest.net``: per NIC its MAC, addresses, and their prefix lengths (in the same order)."""
+    """``guest.net``: per NIC its MAC, addresses, their prefix lengths (in the same order), and connected."""
     return [
         {
             "macAddress": nic.mac_address,
             "ipAddress": [str(entry.address) for entry in nic.ips],
             "prefixes": [entry.prefix_length for entry in nic.ips],
+            "connected": True,  # a NIC the guest reports is up: it leaves out the ones that are down
         }
         for nic in info.nics
     ]
-
-
-def os_detailed_names(raw: bytes | None) -> tuple[str, str] | None:
-    """(short name, full name) from a key 11 value, which vmtoolsd sends instead of keys 5 and 6."""
-    if raw is None or len(raw) < _DETAILED_HEADER_SIZE:
-        return None
-
-    def field(part: bytes) -> str:
-        return part.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-    return field(raw[_DETAILED_SHORT]), field(raw[_DETAILED_FULL])
 
 
 def first_ipv4(net: list[NicView] | None) -> str | None:
@@ -80,29 +66,30 @@ def first_ipv4(net: list[NicView] | None) -> str | None:
     return None
 
 
-def guest_fields(guest_info: Mapping[int, bytes]) -> dict[str, object]:
-    """``guest.net``, ``guest.hostName``, ``guest.guestFullName``, ``guest.osName`` and ``guest.uptimeSeconds``.
+def guest_fields(guest_info: Mapping[int, bytes], disk_info: bytes | None = None) -> dict[str, object]:
+    """``guest.net``, ``guest.ipStack``, ``guest.hostName``, the OS fields, ``guest.disk`` and
+    ``guest.uptimeSeconds``.
 
-    Key 10 (V3) wins over key 9, keys 5/6 over key 11; absent or undecodable values are None.
+    Key 10 (V3) wins over key 9, key 11 over keys 5/6; absent or undecodable values are None.
     """
-    net: list[NicView] | None = None
+    decoded: NicInfoV3 | None = None
     for key in (IPADDRESS_V3, IPADDRESS_V2):
         raw = guest_info.get(key)
         if raw is None:
             continue
         try:
-            net = nics(decode_stored_nic_info(raw))
+            decoded = decode_stored_nic_info(raw)
         except NicInfoError as error:
             log.warn("undecodable NIC report on key {key}: {error}", key=key, error=str(error))
             continue
         break
     uptime = _text(guest_info.get(UPTIME))
-    detailed = os_detailed_names(guest_info.get(OS_DETAILED))
     return {
-        "guest.net": net,
+        "guest.net": nics(decoded) if decoded is not None else None,
+        "guest.ipStack": ip_stack(decoded) if decoded is not None else None,
         "guest.hostName": _text(guest_info.get(DNS_NAME)),
-        "guest.guestFullName": _text(guest_info.get(OS_NAME_FULL)) or (detailed[1] if detailed else None),
-        "guest.osName": _text(guest_info.get(OS_NAME)) or (detailed[0] if detailed else None),
+        **os_fields(guest_info.get(OS_DETAILED), _text(guest_info.get(OS_NAME)), _text(guest_info.get(OS_NAME_FULL))),
+        "guest.disk": disks(disk_info),
         # The guest reports hundredths of a second.
         "guest.uptimeSeconds": int(uptime) // 100 if uptime and uptime.isdigit() else None,
     }

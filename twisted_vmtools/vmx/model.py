@@ -144,7 +144,7 @@ class VMX:
     def status(self) -> dict[str, object]:
         """What vSphere would show: guest.* keys, plus the guestinfo store."""
         version = self.tools.version
-        reported = guest_fields(self.tools.guest_info)
+        reported = guest_fields(self.tools.guest_info, self.tools.disk_info)
         net = reported["guest.net"]
         status: dict[str, object] = {
             "guest.toolsRunningStatus": RUNNING if self.running else NOT_RUNNING,
