@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from twisted_vmtools.codecs.backdoor import BDOOR_MAGIC
 
-from . import x86
+from . import disasm, x86
 
 PT_LOAD = 1
 PT_NOTE = 4
@@ -193,8 +193,10 @@ class ELFFile:
     def has_backdoor_code(self) -> bool:
         return any(self.data.find(MAGIC_BYTES, start, end) != -1 for start, end, _ in self.code_ranges())
 
-    def cpuid_offsets(self) -> list[int]:
-        """File offsets of the `cpuid` instructions, verified by decoding."""
+    def cpuid_offsets(self, sweeper: disasm.Sweeper | None = None) -> list[int]:
+        """File offsets of the `cpuid` instructions, verified by decoding
+        (with `sweeper`, by default capstone if installed, else our decoder)."""
+        boundary = (sweeper or disasm.preferred()).boundary
         anchors = []
         for vaddr in self.function_starts():
             offset = self.vaddr_to_offset(vaddr)
@@ -203,7 +205,7 @@ class ELFFile:
         anchors.sort()
         sites: list[int] = []
         for start, end, _vaddr in self.code_ranges():
-            sites.extend(x86.find_cpuid(self.data, anchors, start, end))
+            sites.extend(x86.find_cpuid(self.data, anchors, start, end, boundary))
         return sites
 
 

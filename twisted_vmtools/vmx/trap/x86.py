@@ -12,7 +12,8 @@ disassembler's "(bad)", so a sweep never stalls.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
 
 # Immediate kinds.
 _NONE, _IB, _IW, _IZ, _IV, _ENTER, _MOFFS, _GROUP3 = range(8)
@@ -223,24 +224,31 @@ def iter_instructions(code: bytes, start: int, end: int) -> Iterator[tuple[int, 
 CPUID = b"\x0f\xa2"
 
 
-def find_cpuid(code: bytes, anchors: list[int], start: int, end: int) -> list[int]:
+def sweep_to(code: bytes, start: int, target: int) -> int:
+    """The first instruction boundary >= `target`, sweeping from `start`."""
+    pos = start
+    while pos < target:
+        pos += instruction_length(code, pos)
+    return pos
+
+
+def find_cpuid(
+    code: bytes, anchors: list[int], start: int, end: int, boundary: Callable[[bytes, int, int], int] = sweep_to
+) -> list[int]:
     """Offsets of `cpuid` instructions in code[start:end].
 
     `anchors` are known instruction boundaries (function starts, sorted).  Each
     candidate 0F A2 byte pair is confirmed by a linear sweep from the nearest
     anchor before it, so a pair inside another instruction's displacement or
-    immediate is rejected.
+    immediate is rejected.  `boundary(code, anchor, candidate)` does the sweep:
+    this module's decoder by default, a real disassembler's (`disasm`) if given.
     """
-    from bisect import bisect_right
-
     sites: list[int] = []
     candidate = code.find(CPUID, start, end)
     while candidate != -1:
         index = bisect_right(anchors, candidate) - 1
         pos = anchors[index] if index >= 0 and anchors[index] >= start else start
-        while pos < candidate:
-            pos += instruction_length(code, pos)
-        if pos == candidate:
+        if boundary(code, pos, candidate) == candidate:
             sites.append(candidate)
         candidate = code.find(CPUID, candidate + 1, end)
     return sites
