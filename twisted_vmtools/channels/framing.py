@@ -29,6 +29,8 @@ class PacketProtocol(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         for packet in packets:
+            if getattr(self.transport, "disconnecting", False):
+                return  # we chose to close: what the peer sent after that is not read
             if isinstance(packet, VsockPacketError):
                 self.badPacket(packet)
             else:

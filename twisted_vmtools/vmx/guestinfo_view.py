@@ -66,6 +66,24 @@ def first_ipv4(net: list[NicView] | None) -> str | None:
     return None
 
 
+def ip_address_text(raw: bytes | None) -> str | None:
+    """``guestinfo.ip`` as vSphere would show it: only if it is an IP address (else None).
+
+    The guest may store anything under the key; only an address becomes
+    ``guest.ipAddress``, so a garbled value cannot pose as one.
+    """
+    if raw is None or len(raw) > _MAX_IP_TEXT:
+        return None
+    try:
+        text = raw.rstrip(b"\0").strip(b" ").decode("ascii")
+        return str(ipaddress.ip_address(text))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+_MAX_IP_TEXT = 64  # an IPv6 address with a zone fits with room to spare
+
+
 def guest_fields(guest_info: Mapping[int, bytes], disk_info: bytes | None = None) -> dict[str, object]:
     """``guest.net``, ``guest.ipStack``, ``guest.hostName``, the OS fields, ``guest.disk`` and
     ``guest.uptimeSeconds``.

@@ -13,7 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..codecs.tclo import PING, TCLOError, parse_reply
-from .guestinfo_view import first_ipv4, guest_fields
+from .guestinfo_view import first_ipv4, guest_fields, ip_address_text
 from .lifecycle import MANAGED_OPTIONS, greet
 from .rpci_server import RPCIServer, ToolsState
 from .tclo_queue import DEFAULT_TIMEOUT, GuestGone, TCLOQueue
@@ -75,6 +75,7 @@ class VMX:
         self._ping_interval = ping_interval
         self._stale_after = stale_after
         self._last_alive: float | None = None
+        self._ping_garbled = False  # the guest's last answer to ping was not a TCLO reply
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = clock
         self.connected_channels: set[str] = set()
@@ -96,11 +97,12 @@ class VMX:
         started, restarted, or found this VMX after the VMX restarted.
         """
         self.connected_channels.add(channel)
+        self._ping_garbled = False
         self.greeting = ensureDeferred(self._greet())
 
     async def _greet(self) -> None:
         if await greet(self.send, self.managed_options):
-            self.send(PING).addErrback(lambda _: None)
+            ensureDeferred(self._ping_once())
             if not self._pinger.running and self.connected_channels:
                 self._pinger.start(self._ping_interval, now=False)
 
@@ -115,11 +117,15 @@ class VMX:
         """A reply, a heartbeat or a poll: the tools are there."""
         self._last_alive = self.clock.seconds()
 
-    def tclo_reply(self, data: bytes, channel: str = "tclo") -> None:
+    def tclo_reply(self, data: bytes, channel: str = "tclo") -> bool:
+        """The guest's reply to the command in flight; False (and dropped) if none was."""
         self._record("tclo-in", channel, data)
-        self.guest_alive()
+        if _well_formed(data):
+            self.guest_alive()  # garbage is not a sign of running tools
         if not self.tclo.reply(data):
             self.log.info("dropping TCLO reply nobody waits for: {data!r}", data=data[:60])
+            return False
+        return True
 
     def tclo_sent(self, command: bytes, channel: str = "tclo") -> None:
         self._record("tclo-out", channel, command)
@@ -139,6 +145,8 @@ class VMX:
         so status never shows them running and not installed at once."""
         if self._last_alive is None or not self.connected_channels or self.tools.version is None:
             return False
+        if self._ping_garbled:
+            return False
         return self.clock.seconds() - self._last_alive <= self._stale_after
 
     def status(self) -> dict[str, object]:
@@ -150,7 +158,7 @@ class VMX:
             "guest.toolsRunningStatus": RUNNING if self.running else NOT_RUNNING,
             "guest.toolsVersionStatus": _version_status(version),
             "guest.toolsVersion": str(version if version is not None else 0),
-            "guest.ipAddress": self.guestinfo.get("guestinfo.ip", b"").decode("utf-8", "replace")
+            "guest.ipAddress": ip_address_text(self.guestinfo.get("guestinfo.ip"))
             or first_ipv4(net if isinstance(net, list) else None),
             "guest.toolsCapabilities": dict(self.tools.capabilities),
             "vmx.tcloChannels": sorted(self.connected_channels),
@@ -177,7 +185,10 @@ class VMX:
         try:
             reply = await self.send(PING, timeout=self._stale_after)
             parse_reply(reply)
+            self._ping_garbled = False
         except TCLOError:
+            # Counted as not answering: tools that cannot say OK to ping are not running.
+            self._ping_garbled = True
             self.log.warn("guest answered ping with garbage")
         except Exception as error:
             self.log.info("ping failed: {error}", error=str(error))
@@ -187,6 +198,14 @@ class VMX:
         self.records.append(record)
         for observer in self._observers:
             observer(record)
+
+
+def _well_formed(reply: bytes) -> bool:
+    try:
+        parse_reply(reply)
+    except TCLOError:
+        return False
+    return True
 
 
 def _version_status(version: int | None) -> str:

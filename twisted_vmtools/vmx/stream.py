@@ -46,14 +46,29 @@ class VMXRPCIProtocol(PacketProtocol):
 
 
 class VMXTCLOProtocol(PacketProtocol):
-    """Pushes queued TCLO commands to the guest and hands its replies back."""
+    """Pushes queued TCLO commands to the guest and hands its replies back.
+
+    One VM has one guest: while a guest's TCLO stream is open, another is
+    refused (closed at once, the live one untouched).  A dead guest's stream
+    does not block its successor for long: a guest that stops answering is
+    dropped when its command times out (the VMX pings every few seconds).
+    """
 
     def __init__(self, vmx: VMX, name: str) -> None:
         super().__init__()
         self.vmx = vmx
         self.name = name
+        self.attached = False
 
     def connectionMade(self) -> None:
+        if self.vmx.tclo.pushed:
+            self.log.warn(
+                "{name}: refused, the guest's TCLO channel {live} is live",
+                name=self.name, live=", ".join(sorted(self.vmx.connected_channels)) or "?",
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.attached = True
         self.vmx.tclo.attach(self)
         self.vmx.tclo_connected(self.name)
 
@@ -66,19 +81,30 @@ class VMXTCLOProtocol(PacketProtocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def packetReceived(self, packet: VsockPacket) -> None:
+        if not self.attached:
+            return
         if packet.type is PacketType.PING:
             self.vmx.guest_alive()
         elif packet.payload is not None:
-            self.vmx.tclo_reply(packet.payload, self.name)
+            self._reply(packet.payload)
 
     def badPacket(self, error: VsockPacketError) -> None:
         super().badPacket(error)
-        # The guest answered, if unreadably: settle the command so the queue moves on.
-        self.vmx.tclo_reply(b"ERROR " + MALFORMED, self.name)
+        if self.attached:
+            # The guest answered, if unreadably: settle the command so the queue moves on.
+            self._reply(b"ERROR " + MALFORMED)
+
+    def _reply(self, data: bytes) -> None:
+        if not self.vmx.tclo_reply(data, self.name):
+            # Nothing was asked: a guest out of step, or a peer filling our memory.
+            self.log.warn("{name}: unsolicited TCLO reply; dropping the connection", name=self.name)
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        self.vmx.tclo.detach(self)
-        self.vmx.tclo_disconnected(self.name)
+        if self.attached:
+            self.attached = False
+            self.vmx.tclo.detach(self)
+            self.vmx.tclo_disconnected(self.name)
 
 
 class PreambleRouter(Protocol):

@@ -70,8 +70,19 @@ class TCLOQueue:
     def busy(self) -> bool:
         return self._inflight is not None
 
+    @property
+    def pushed(self) -> bool:
+        """A push channel (a guest's TCLO stream) is attached."""
+        return self._pusher is not None
+
     def attach(self, pusher: object) -> None:
-        """A push channel connected: ``pusher.push(command)`` is called for each command."""
+        """A push channel connected: ``pusher.push(command)`` is called for each command.
+
+        One guest, one channel: attaching while another is attached is a caller's bug
+        (the listener refuses a second TCLO stream before it gets here).
+        """
+        if self._pusher is not None and self._pusher is not pusher:
+            raise RuntimeError("a TCLO channel is already attached")
         self._pusher = pusher
         self._push()
 
