@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from support import Harness
+from tests.support import Harness
 from twisted_vmtools.channels.framing import PacketProtocol
 from twisted_vmtools.codecs.datamap import VsockPacket, VsockPacketError
 
@@ -13,9 +15,10 @@ from twisted_vmtools.codecs.datamap import VsockPacket, VsockPacketError
 class RawPeer(PacketProtocol):
     """Sends ``preamble`` on connecting, then only what the test writes; keeps what comes back."""
 
-    def __init__(self, preamble: bytes) -> None:
+    def __init__(self, preamble: bytes, answer: Callable[[bytes], bytes | None] | None = None) -> None:
         super().__init__()
         self.preamble = preamble
+        self.answer = answer
         self.packets: list[VsockPacket] = []
         self.lost = False
 
@@ -25,6 +28,9 @@ class RawPeer(PacketProtocol):
 
     def packetReceived(self, packet: VsockPacket) -> None:
         self.packets.append(packet)
+        reply = self.answer(packet.payload) if self.answer and packet.payload is not None else None
+        if reply is not None:
+            self.send(reply)
 
     def badPacket(self, error: VsockPacketError) -> None:
         raise AssertionError(f"the VMX sent a malformed packet: {error}")
@@ -42,8 +48,17 @@ class RawPeer(PacketProtocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
-def connect_raw(harness: Harness, preamble: bytes) -> RawPeer:
-    peers: list[RawPeer] = []
-    harness.endpoint.connect(Factory.forProtocol(lambda: RawPeer(preamble))).addCallback(peers.append)
+def like_a_guest(command: bytes) -> bytes:
+    """What a well-behaved guest answers to each command of the VMX's greeting and pings."""
+    return b"OK ATR toolbox" if command == b"reset" else b"OK "
+
+
+def connect_raw(
+    harness: Harness, preamble: bytes, answer: Callable[[bytes], bytes | None] | None = None
+) -> RawPeer:
+    peers: list[object] = []
+    harness.endpoint.connect(Factory.forProtocol(lambda: RawPeer(preamble, answer))).addCallback(peers.append)
     harness.settle()
-    return peers[0]
+    peer = peers[0]
+    assert isinstance(peer, RawPeer)
+    return peer

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from vmx.peers import connect_raw
-
-from support import Harness
+from tests.support import Harness
+from tests.vmx.peers import connect_raw, like_a_guest
 from twisted_vmtools.codecs.stream import StreamKind
 from twisted_vmtools.vmx.model import NOT_RUNNING, RUNNING
 
 TCLO = StreamKind.TCLO.preamble
+RPCI = StreamKind.RPCI.preamble
 
 
 def test_a_second_tclo_stream_is_refused_and_the_live_guest_kept() -> None:
     harness = Harness()
     harness.start()
     live = harness.vmx.status()["vmx.tcloChannels"]
-    intruder = connect_raw(harness, TCLO)
+    intruder = connect_raw(harness, TCLO, like_a_guest)
     assert intruder.lost and intruder.packets == []  # closed before any command reached it
     intruder_too = connect_raw(harness, TCLO)
     intruder_too.close()  # the attack of the issue: preamble, then close
@@ -34,51 +34,58 @@ def test_when_the_guest_leaves_the_next_one_is_served() -> None:
     harness.service.stopService()
     harness.settle()
     assert harness.vmx.status()["vmx.tcloChannels"] == []
-    successor = connect_raw(harness, TCLO)
+    successor = connect_raw(harness, TCLO, like_a_guest)
     assert not successor.lost and successor.packets[0].payload == b"reset"
-    successor.send(b"OK ATR toolbox")
-    harness.settle()
     channels = harness.vmx.status()["vmx.tcloChannels"]
     assert isinstance(channels, list) and len(channels) == 1
-    assert harness.vmx.tclo.pushed
+    assert harness.send(b"ping") == b"OK "
+
+
+def quiet_vmx() -> Harness:
+    """A VMX whose guest has gone: the raw peers of a test are its only TCLO channels."""
+    harness = Harness(primary_ip=None)
+    harness.start()
+    harness.service.stopService()
+    harness.settle()
+    return harness
 
 
 def test_an_unsolicited_reply_drops_the_connection() -> None:
-    harness = Harness(primary_ip=None)
-    harness.service.stopService()  # no guest: the raw peer is the one TCLO channel
-    guest = connect_raw(harness, TCLO)
-    guest.send(b"OK ATR toolbox")  # answers the reset
-    guest.send(b"OK ")  # answers the ping
-    harness.settle()
-    assert not guest.lost
+    harness = quiet_vmx()
+    guest = connect_raw(harness, TCLO, like_a_guest)
+    assert not guest.lost and guest.packets[-1].payload == b"ping"
+    before = sum(1 for r in harness.vmx.records if r.direction == "tclo-in")
     guest.send(b"OK " + b"x" * 100_000)  # nothing was asked
     guest.send(b"OK " + b"x" * 100_000)
     harness.settle()
     assert guest.lost
     assert harness.vmx.status()["vmx.tcloChannels"] == []
-    assert sum(1 for r in harness.vmx.records if r.direction == "tclo-in") == 3  # the second was never read
+    assert sum(1 for r in harness.vmx.records if r.direction == "tclo-in") == before + 1  # the second was not read
 
 
 def test_garbage_in_answer_to_ping_is_not_running() -> None:
-    harness = Harness(primary_ip=None)
-    harness.service.stopService()
-    guest = connect_raw(harness, TCLO)
-    guest.send(b"OK ATR toolbox")
-    guest.send(b"\xff\xfegarbage")  # the ping's answer
-    harness.settle()
-    assert harness.vmx.status()["guest.toolsRunningStatus"] == NOT_RUNNING
-    harness.settle(5)  # the next ping, answered properly: running again
+    harness = quiet_vmx()
+    garbage = {"on": True}
+
+    def answer(command: bytes) -> bytes:
+        return b"\xff\xfegarbage" if command == b"ping" and garbage["on"] else like_a_guest(command)
+
+    guest = connect_raw(harness, TCLO, answer)
     assert guest.packets[-1].payload == b"ping"
-    guest.send(b"OK ")
-    harness.settle()
+    assert harness.vmx.tools.version is not None  # registered by the guest that left
+    assert harness.vmx.status()["guest.toolsRunningStatus"] == NOT_RUNNING
+    harness.settle(5)
+    assert harness.vmx.status()["guest.toolsRunningStatus"] == NOT_RUNNING
+    garbage["on"] = False
+    harness.settle(5)  # the next ping, answered properly: running again
     assert harness.vmx.status()["guest.toolsRunningStatus"] == RUNNING
 
 
 def test_a_garbled_guestinfo_ip_never_becomes_the_ip_address() -> None:
     harness = Harness(primary_ip=None)
     harness.start()
+    del harness.vmx.guestinfo["guestinfo.ip"]  # broadcastIP's, so that the fallback shows
     first_reported = harness.vmx.status()["guest.ipAddress"]
-    assert "guestinfo.ip" not in harness.vmx.guestinfo
     for garbled in (b"198.51.100.7; rm -rf /", b"\xff\xfe", b"not an address", b"1" * 5000, b""):
         assert harness.rpci(b"info-set guestinfo.ip " + garbled) == b""
         # Not the garbled text: the first IPv4 of the guest's NIC report, or nothing.
