@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .datamap import MAX_PAYLOAD
+
 SUCCESS_PREFIX = b"1 "
 FAILURE_PREFIX = b"0 "
 UNKNOWN_COMMAND = b"Unknown command"
+
+SET_INFO_SIZE_LIMIT = 1 << 20  # a VMX's tools.setInfo.sizeLimit: 1 MB per guest-set value
+# The largest guestinfo value a guest can read back: ``1 <value>`` must fit one stream packet.
+MAX_GUESTINFO_VALUE = min(SET_INFO_SIZE_LIMIT, MAX_PAYLOAD - len(SUCCESS_PREFIX))
 
 
 class RPCIFormatError(ValueError):

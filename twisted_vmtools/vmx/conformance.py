@@ -259,13 +259,13 @@ async def _wait(reactor: Any, condition: Callable[[], bool], timeout: float) -> 
 
 
 def _requests_since(vmx: VMX, mark: int) -> list[str]:
-    records = list(vmx.records)[mark:]
+    records = vmx.records.since(mark)
     return [normalise(r.data) for r in records if r.direction == "rpci-in" and not PERIODIC.match(r.data)]
 
 
 async def _tclo_scenario(reactor: Any, vmx: VMX, scenario: Scenario) -> Observation:
     assert scenario.tclo is not None
-    mark = len(vmx.records)
+    mark = vmx.records.total
     try:
         reply = (await vmx.send(scenario.tclo, timeout=10)).decode("utf-8", "replace")
     except Exception as error:

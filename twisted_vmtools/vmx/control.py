@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
 from .model import VMX
+from .stores import GuestInfoRefused
 from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
 
 
@@ -72,6 +73,7 @@ class GuestInfoGet(amp.Command):
 
 class GuestInfoSet(amp.Command):
     arguments = [(b"key", amp.Unicode()), (b"value", BigBytes())]
+    errors = {GuestInfoRefused: b"GUESTINFO_REFUSED"}
 
 
 LOG_PAGE = 100  # records per RPCLog answer: an AMP value holds at most 64 KiB
@@ -131,7 +133,7 @@ class ControlServer(amp.AMP):
         return {
             "records": [
                 {"when": r.when, "direction": r.direction, "channel": r.channel,
-                 "data": r.data[:LOG_DATA_LIMIT], "size": len(r.data)}
+                 "data": r.data[:LOG_DATA_LIMIT], "size": r.size}
                 for r in records
             ]
         }

@@ -8,10 +8,13 @@ and shown as absent), never the status call.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 
 from twisted.logger import Logger
 
+from ..codecs.diskinfo import DiskInfoError, decode_disk_info
+from ..codecs.guestos import GuestOSError, decode_detailed_data
 from ..codecs.nicinfo import NicInfoError, NicInfoV3, decode_guest_nic_proto
 from .guest_report import disks, ip_stack, os_fields
 
@@ -26,6 +29,42 @@ IPADDRESS_V3 = 10
 OS_DETAILED = 11
 
 NicView = dict[str, object]
+
+MAX_KEY = 63  # open-vm-tools defines keys 1 to 11; room for newer ones, and a bound on what is kept
+_UPTIME = re.compile(rb"[0-9]{1,20}\0?")  # hundredths of a second; 20 digits outlast any machine
+_UPTIME_TEXT = re.compile(r"[0-9]{1,20}")
+
+
+class BadReport(ValueError):
+    """A ``SetGuestInfo`` or ``SetGuestDiskInfo`` value that does not decode: dropped, not stored."""
+
+
+def check_report(key: bytes, value: bytes) -> int:
+    """The key number of a ``SetGuestInfo`` report if its value decodes as that key's; else `BadReport`.
+
+    Checked where the VMX receives it, so that what is stored always decodes
+    when ``status`` reads it back.
+    """
+    if not (key.isascii() and key.isdigit() and len(key) <= 3) or not 1 <= int(key) <= MAX_KEY:
+        raise BadReport(f"unknown guest info key {key[:16]!r}")
+    number = int(key)
+    try:
+        if number == UPTIME and not _UPTIME.fullmatch(value):
+            raise BadReport(f"uptime {value[:24]!r} is not a number of hundredths of a second")
+        if number in (IPADDRESS_V2, IPADDRESS_V3):
+            decode_stored_nic_info(value)
+        elif number == OS_DETAILED:
+            decode_detailed_data(value)
+    except (NicInfoError, GuestOSError) as error:
+        raise BadReport(f"guest info key {number}: {error}") from None
+    return number
+
+
+def check_disk_report(args: bytes) -> None:
+    try:
+        decode_disk_info(args)
+    except DiskInfoError as error:
+        raise BadReport(f"disk report: {error}") from None
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -109,5 +148,5 @@ def guest_fields(guest_info: Mapping[int, bytes], disk_info: bytes | None = None
         **os_fields(guest_info.get(OS_DETAILED), _text(guest_info.get(OS_NAME)), _text(guest_info.get(OS_NAME_FULL))),
         "guest.disk": disks(disk_info),
         # The guest reports hundredths of a second.
-        "guest.uptimeSeconds": int(uptime) // 100 if uptime and uptime.isdigit() else None,
+        "guest.uptimeSeconds": int(uptime) // 100 if uptime and _UPTIME_TEXT.fullmatch(uptime) else None,
     }

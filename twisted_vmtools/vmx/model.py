@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -16,34 +13,15 @@ from ..codecs.tclo import PING, TCLOError, parse_reply
 from .guestinfo_view import first_ipv4, guest_fields, ip_address_text
 from .lifecycle import MANAGED_OPTIONS, greet
 from .rpci_server import RPCIServer, ToolsState
+from .stores import ARROWS as ARROWS  # re-exported: the log's arrows are part of the model's interface
+from .stores import GuestInfoStore, RPCLog
+from .stores import RPCRecord as RPCRecord
 from .tclo_queue import DEFAULT_TIMEOUT, GuestGone, TCLOQueue
 
 RUNNING = "guestToolsRunning"
 NOT_RUNNING = "guestToolsNotRunning"
 PING_INTERVAL = 5.0
 STALE_AFTER = 15.0  # three missed pings: the tools are no longer running
-LOG_LIMIT = 10_000
-ARROWS = {
-    "rpci-in": "guest→VMX RPCI",
-    "rpci-out": "VMX→guest RPCI",
-    "tclo-out": "VMX→guest TCLO",
-    "tclo-in": "guest→VMX TCLO",
-}
-
-
-@dataclass(frozen=True)
-class RPCRecord:
-    """One RPC as the VMX saw it.  ``direction``: 'rpci-in' (guest request),
-    'rpci-out' (VMX reply), 'tclo-out' (command), 'tclo-in' (guest reply)."""
-
-    when: float
-    direction: str
-    channel: str
-    data: bytes
-
-    @property
-    def arrow(self) -> str:
-        return ARROWS.get(self.direction, self.direction)
 
 
 class VMX:
@@ -65,12 +43,12 @@ class VMX:
         tclo_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.clock = clock
-        self.guestinfo: dict[str, bytes] = {}
+        self.guestinfo = GuestInfoStore()
         self.tools = ToolsState()
         self.rpci_server = RPCIServer(self.guestinfo, self.tools)
         self.tclo = TCLOQueue(clock)
         self.tclo_timeout = tclo_timeout
-        self.records: deque[RPCRecord] = deque(maxlen=LOG_LIMIT)
+        self.records = RPCLog()
         self._observers: list[Callable[[RPCRecord], None]] = []
         self._ping_interval = ping_interval
         self._stale_after = stale_after
@@ -194,8 +172,8 @@ class VMX:
             self.log.info("ping failed: {error}", error=str(error))
 
     def _record(self, direction: str, channel: str, data: bytes) -> None:
-        record = RPCRecord(time.time(), direction, channel, data)
-        self.records.append(record)
+        record = RPCRecord.now(direction, channel, data)
+        self.records.append(record)  # cut to the log's caps; observers (--trace) see it whole
         for observer in self._observers:
             observer(record)
 

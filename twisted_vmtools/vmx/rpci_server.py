@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
 from ..codecs.rpci import UNKNOWN_COMMAND, RPCIFormatError, RPCIReply, parse_request
+from .guestinfo_view import BadReport, check_disk_report, check_report
+from .ratelimit import RateLimitedLog
+from .stores import GuestInfoRefused, ToolsLog
 
 NO_VALUE = b"No value found"
 TEXT_GUEST_INFO = frozenset({1, 4, 5, 6, 7})  # host name, build, OS names, uptime
 
 RPCIHandler = Callable[[bytes], RPCIReply]
+
+CAPABILITIES_LIMIT = 256  # vmtoolsd announces a few dozen
+CAPABILITY_TEXT_LIMIT = 1024  # name or value
+STATE_CHANGES_KEPT = 64
+VERSION_LIMIT = 1 << 32  # versions are u32 on the wire
 
 
 @dataclass
@@ -24,9 +33,11 @@ class ToolsState:
     capabilities: dict[str, str] = field(default_factory=dict)
     guest_info: dict[int, bytes] = field(default_factory=dict)  # SetGuestInfo key → raw value
     disk_info: bytes | None = None
-    state_changes: list[tuple[int, int]] = field(default_factory=list)  # (success, state id)
+    state_changes: deque[tuple[int, int]] = field(
+        default_factory=lambda: deque(maxlen=STATE_CHANGES_KEPT)
+    )  # (success, state id), the last few
     health: str | None = None
-    log: list[str] = field(default_factory=list)
+    log: ToolsLog = field(default_factory=ToolsLog)
 
 
 class RPCIServer:
@@ -39,9 +50,10 @@ class RPCIServer:
 
     log = Logger()
 
-    def __init__(self, guestinfo: dict[str, bytes], tools: ToolsState) -> None:
+    def __init__(self, guestinfo: MutableMapping[str, bytes], tools: ToolsState) -> None:
         self.guestinfo = guestinfo
         self.tools = tools
+        self._bad_reports = RateLimitedLog(self.log)
         self._handlers: dict[bytes, RPCIHandler] = {}
         self._raw_handlers: dict[bytes, RPCIHandler] = {}
         self._prefix_handlers: list[tuple[bytes, Callable[[bytes, bytes], RPCIReply]]] = []
@@ -102,7 +114,10 @@ class RPCIServer:
         key, sep, value = args.partition(b" ")
         if not key.startswith(b"guestinfo.") or not sep:
             return RPCIReply(False, b"Invalid key")
-        self.guestinfo[key.decode("utf-8", "replace")] = value
+        try:
+            self.guestinfo[key.decode("utf-8", "replace")] = value
+        except GuestInfoRefused as error:
+            return RPCIReply(False, str(error).encode())
         return RPCIReply(True)
 
     def _info_get(self, args: bytes) -> RPCIReply:
@@ -116,22 +131,26 @@ class RPCIServer:
         return RPCIReply(True)
 
     def _set_version(self, args: bytes) -> RPCIReply:
-        try:
-            self.tools.version = int(args.split()[0])
-        except (ValueError, IndexError):
+        numbers = _u32s(args, 1)
+        if numbers is None:
             return RPCIReply(False, b"Invalid version")
+        self.tools.version = numbers[0]
         return RPCIReply(True)
 
     def _set_version_type(self, args: bytes) -> RPCIReply:
-        try:
-            version, kind = (int(x) for x in args.split()[:2])
-        except ValueError:
+        numbers = _u32s(args, 2)
+        if numbers is None:
             return RPCIReply(False, b"Invalid version type")
-        self.tools.version, self.tools.version_type = version, kind
+        self.tools.version, self.tools.version_type = numbers
         return RPCIReply(True)
 
     def _capability(self, name: bytes, args: bytes) -> RPCIReply:
-        self.tools.capabilities[name.decode("utf-8", "replace")] = args.strip().decode("utf-8", "replace")
+        key, value = name.decode("utf-8", "replace"), args.strip().decode("utf-8", "replace")
+        if len(key) > CAPABILITY_TEXT_LIMIT or len(value) > CAPABILITY_TEXT_LIMIT:
+            return RPCIReply(False, b"Capability too long")
+        if key not in self.tools.capabilities and len(self.tools.capabilities) >= CAPABILITIES_LIMIT:
+            return RPCIReply(False, b"Too many capabilities")
+        self.tools.capabilities[key] = value
         return RPCIReply(True)
 
     def _set_guest_info(self, raw_args: bytes) -> RPCIReply:
@@ -139,24 +158,30 @@ class RPCIServer:
         # values end in the sender's NUL; binary ones (XDR, structs) are length-exact.
         key, _, value = raw_args.lstrip(b" ").partition(b" ")
         try:
-            number = int(key)
-            if number in TEXT_GUEST_INFO and value.endswith(b"\0"):
-                value = value[:-1]
-            self.tools.guest_info[number] = value
-        except ValueError:
-            return RPCIReply(False, b"Invalid key")
+            number = check_report(key, value)
+        except BadReport as error:
+            # Logged and dropped here, where it is decoded: never stored where it breaks status.
+            self._bad_reports.warn("dropping guest report: {error}", error=str(error))
+            return RPCIReply(False, str(error).encode())
+        if number in TEXT_GUEST_INFO and value.endswith(b"\0"):
+            value = value[:-1]
+        self.tools.guest_info[number] = value
         return RPCIReply(True)
 
     def _set_disk_info(self, args: bytes) -> RPCIReply:
+        try:
+            check_disk_report(args)
+        except BadReport as error:
+            self._bad_reports.warn("dropping guest report: {error}", error=str(error))
+            return RPCIReply(False, str(error).encode())
         self.tools.disk_info = args
         return RPCIReply(True)
 
     def _state_change(self, args: bytes) -> RPCIReply:
-        try:
-            success, state = (int(x) for x in args.split()[:2])
-        except ValueError:
+        numbers = _u32s(args, 2)
+        if numbers is None:
             return RPCIReply(False, b"Invalid arguments")
-        self.tools.state_changes.append((success, state))
+        self.tools.state_changes.append((numbers[0], numbers[1]))
         return RPCIReply(True)
 
     def _health(self, args: bytes) -> RPCIReply:
@@ -166,3 +191,16 @@ class RPCIServer:
 
 def _ok(args: bytes) -> RPCIReply:
     return RPCIReply(True)
+
+
+def _u32s(args: bytes, count: int) -> list[int] | None:
+    """The first ``count`` words of ``args`` as unsigned 32-bit numbers, or None.
+
+    ASCII digits only (``int`` also takes ``²``-like digits, signs and ``_``), at
+    most ten each: what a guest reports is checked before anything keeps it.
+    """
+    words = args.split()[:count]
+    if len(words) != count or not all(word.isascii() and word.isdigit() and len(word) <= 10 for word in words):
+        return None
+    numbers = [int(word) for word in words]
+    return numbers if all(n < VERSION_LIMIT for n in numbers) else None
