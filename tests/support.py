@@ -16,6 +16,8 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from twisted_vmtools.channels.stream import StreamChannel
+from twisted_vmtools.codecs.powerops import PowerState
+from twisted_vmtools.guest.powerops import IPowerHandler
 from twisted_vmtools.service import ToolsService
 from twisted_vmtools.vmx.control import ControlServer
 from twisted_vmtools.vmx.model import VMX
@@ -86,6 +88,29 @@ class PumpEndpoint:
         self.flush()
 
 
+@implementer(IPowerHandler)
+class RecordingPowerHandler:
+    """Records what a power operation would run; ``scripts`` decides each script's outcome.
+
+    A state mapped to a Deferred keeps its script "running" until the test fires it.
+    """
+
+    def __init__(self) -> None:
+        self.scripts: dict[PowerState, object] = {}
+        self.ran: list[PowerState] = []
+        self.shut_downs: list[PowerState] = []
+
+    def run_script(self, state: PowerState) -> Any:
+        self.ran.append(state)
+        outcome = self.scripts.get(state, True)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def shut_down(self, state: PowerState) -> None:
+        self.shut_downs.append(state)
+
+
 class Harness:
     """A `ToolsService` over a `StreamChannel`, talking to a `VMX`, all on one Clock."""
 
@@ -94,7 +119,9 @@ class Harness:
         self.vmx = VMX(self.clock, tclo_timeout=tclo_timeout)
         self.endpoint = PumpEndpoint(VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx)))
         self.channel = StreamChannel(self.clock, "memory", endpoint=self.endpoint)
-        self.service = ToolsService(self.clock, self.channel, primary_ip=primary_ip)
+        # Never the default power handler: an OS_Halt in a test must not reach /sbin/shutdown.
+        self.power = RecordingPowerHandler()
+        self.service = ToolsService(self.clock, self.channel, primary_ip=primary_ip, power_handler=self.power)
 
     def start(self) -> None:
         self.service.startService()

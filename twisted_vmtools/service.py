@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from .channels.interfaces import IGuestChannel
+from .codecs.powerops import SCRIPT_OPTIONS
 from .guest.core import CoreHandlers
 from .guest.guestinfo import GuestInfo
 from .guest.netinfo import primary_ip as default_primary_ip
+from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
+from .guest.powerops import IPowerHandler, PowerOps
 from .guest.sysinfo import IGuestInfoSource
 from .protocols.rpci import RPCI
 from .protocols.tclo import TCLODispatcher
@@ -24,7 +28,9 @@ class ToolsService(MultiService):
     is any `IGuestChannel`.  ``primary_ip`` overrides the address reported
     for ``Set_Option broadcastIP 1``.  ``guest_info_interval`` is how often
     NICs, host name, OS and uptime are reported (None: never), from
-    ``guest_info_source`` (default: this machine).  Extra TCLO handlers can
+    ``guest_info_source`` (default: this machine).  ``power_handler`` does
+    what OS_Halt, OS_Reboot… ask (default: vmtoolsd's scripts in
+    /etc/vmware-tools and ``/sbin/shutdown``).  Extra TCLO handlers can
     be added with ``service.dispatcher.register`` before or after start.
     """
 
@@ -38,6 +44,7 @@ class ToolsService(MultiService):
         primary_ip: Callable[[], str | None] | str | None = None,
         guest_info_interval: float | None = 30.0,
         guest_info_source: IGuestInfoSource | None = None,
+        power_handler: IPowerHandler | None = None,
         trace: bool = False,
     ) -> None:
         super().__init__()
@@ -57,6 +64,10 @@ class ToolsService(MultiService):
             )
             self.guest_info.install(self.dispatcher, self.core)
             self.guest_info.setServiceParent(self)
+        self.power = PowerOps(self.rpci, power_handler or default_power_handler(reactor))
+        self.power.install(self.dispatcher)
+        for option in sorted(set(SCRIPT_OPTIONS.values())):
+            self.core.on_option(option, partial(self.power.set_option, option))
         self._announcing: Deferred[None] | None = None
 
     def startService(self) -> None:
@@ -68,3 +79,8 @@ class ToolsService(MultiService):
     def stopService(self) -> Deferred[None]:
         stopping: Deferred[object] = super().stopService()
         return stopping.addCallback(lambda _: self.channel.stop())
+
+
+def default_power_handler(reactor: object) -> IPowerHandler:
+    """vmtoolsd's: the default scripts if installed, then ``/sbin/shutdown -h|-r now``."""
+    return CommandPowerHandler(ProcessRunner(reactor), script_paths())  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from .guest.guestinfo import DEFAULT_INTERVAL
 from .guest.netinfo import primary_ip
 from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
 from .service import ToolsService
+from .tap_power import POWER_PARAMETERS, check_power_options, power_handler
 from .toolsconf import ToolsConf, ToolsConfError, load_tools_conf
 
 
@@ -37,6 +38,7 @@ class Options(usage.Options):
         ["guestinfo-interval", None, None,
          "seconds between NIC/IP, host name, OS and uptime reports; 0 disables (default: tools.conf, else 30)"],
         ["config", "c", None, "a tools.conf file ([guestinfo] poll-interval, exclude-nics, [powerops] scripts)"],
+        *POWER_PARAMETERS,
     ]
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
@@ -47,6 +49,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["tools-conf"] = read_tools_conf(self["config"])
         guest_info_interval(self["guestinfo-interval"], self["tools-conf"])
+        check_power_options(self)
         if not self["with-tls"]:
             without_tls()
 
@@ -149,5 +152,6 @@ def tools_service(reactor: object, channel: IGuestChannel, options: Options) -> 
         primary_ip=primary_ip_option(options["primary-ip"], source),
         guest_info_interval=guest_info_interval(options["guestinfo-interval"], conf),
         guest_info_source=source,
+        power_handler=power_handler(options, reactor, conf),
         trace=bool(options["trace"]),
     )

@@ -84,7 +84,7 @@ def make(source: FixedSource | None = None, interval: float | None = 30.0) -> Ha
     # No primary IP: the VMX's Set_Option broadcastIP 1 sets no guestinfo.ip, so the NIC report decides.
     harness.service = ToolsService(
         harness.clock, harness.channel, primary_ip=lambda: None, guest_info_interval=interval,
-        guest_info_source=source or FixedSource(),
+        guest_info_source=source or FixedSource(), power_handler=harness.power,
     )
     return harness
 

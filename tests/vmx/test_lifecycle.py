@@ -73,7 +73,8 @@ def test_guest_restart_reruns_the_start_sequence_and_reannounces() -> None:
     del harness.vmx.guestinfo["guestinfo.vmtools.versionString"]
     mark = len(harness.vmx.records)
     harness.channel = StreamChannel(harness.clock, "memory", endpoint=harness.endpoint)  # a new process
-    harness.service = ToolsService(harness.clock, harness.channel, primary_ip="198.51.100.7")
+    harness.service = ToolsService(harness.clock, harness.channel, primary_ip="198.51.100.7",
+                                   power_handler=harness.power)
     harness.start()
     assert [r.data for r in list(harness.vmx.records)[mark:] if r.direction == "tclo-out"] == [*GREETING, b"ping"]
     assert harness.vmx.guestinfo["guestinfo.vmtools.versionString"]
