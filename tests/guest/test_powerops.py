@@ -37,7 +37,7 @@ def test_each_operation_replies_reports_and_calls_the_handler(
     mark = len(harness.vmx.records)
     assert harness.send(command) == b"OK "
     assert harness.power.ran == [state]
-    assert harness.vmx.tools.state_changes == [(1, int(state))]
+    assert list(harness.vmx.tools.state_changes) == [(1, int(state))]
     expected = [
         f"log Executing script for state change '{command.decode()}'.\0".encode(),
         b"log Script exit code: 0, success = 1\0",
@@ -53,11 +53,11 @@ def test_a_failing_script_is_reported_failed_and_the_retry_goes_through() -> Non
     harness = started()
     harness.power.scripts[PowerState.HALT] = False
     assert harness.send(b"OS_Halt") == b"OK "
-    assert harness.vmx.tools.state_changes == [(0, 1)]
+    assert list(harness.vmx.tools.state_changes) == [(0, 1)]
     assert harness.power.shut_downs == []  # a failed change does not halt
     # softpowerop_retry: the same change asked again succeeds even if its script fails again.
     assert harness.send(b"OS_Halt") == b"OK "
-    assert harness.vmx.tools.state_changes == [(0, 1), (1, 1)]
+    assert list(harness.vmx.tools.state_changes) == [(0, 1), (1, 1)]
     assert harness.power.shut_downs == [PowerState.HALT]
 
 
@@ -68,14 +68,14 @@ def test_a_failing_hook_is_reported_failed() -> None:
     assert harness.send(b"OS_Suspend") == b"OK "
     broken.errback(RuntimeError("hook exploded"))
     harness.settle()
-    assert harness.vmx.tools.state_changes == [(0, 5)]
+    assert list(harness.vmx.tools.state_changes) == [(0, 5)]
 
 
 def test_a_script_that_cannot_start() -> None:
     harness = started()
     harness.power.scripts[PowerState.REBOOT] = PowerScriptError("no such file")
     assert harness.send(b"OS_Reboot") == b"ERROR Error starting script"
-    assert harness.vmx.tools.state_changes == [(0, 2)]
+    assert list(harness.vmx.tools.state_changes) == [(0, 2)]
     assert harness.power.shut_downs == []
 
 
@@ -84,14 +84,14 @@ def test_two_state_changes_at_once() -> None:
     script: Deferred[bool] = Deferred()
     harness.power.scripts[PowerState.SUSPEND] = script
     assert harness.send(b"OS_Suspend") == b"OK "  # answered while the script runs
-    assert harness.vmx.tools.state_changes == []
+    assert list(harness.vmx.tools.state_changes) == []
     assert harness.send(b"OS_Reboot") == b"ERROR State change already in progress"
     assert harness.send(b"OS_Suspend") == b"ERROR State change already in progress"
     script.callback(True)
     harness.settle()
-    assert harness.vmx.tools.state_changes == [(1, 5)]
+    assert list(harness.vmx.tools.state_changes) == [(1, 5)]
     assert harness.send(b"OS_Reboot") == b"OK "
-    assert harness.vmx.tools.state_changes == [(1, 5), (1, 2)]
+    assert list(harness.vmx.tools.state_changes) == [(1, 5), (1, 2)]
     assert harness.power.ran == [PowerState.SUSPEND, PowerState.REBOOT]
 
 
@@ -100,7 +100,7 @@ def test_disabled_scripts_report_success_at_once() -> None:
     assert harness.send(b"Set_Option toolScripts.beforePowerOff 0") == b"OK "
     assert harness.send(b"OS_Reboot") == b"OK "
     assert harness.power.ran == []  # no script, but the reboot itself still happens
-    assert harness.vmx.tools.state_changes == [(1, 2)]
+    assert list(harness.vmx.tools.state_changes) == [(1, 2)]
     assert harness.power.shut_downs == [PowerState.REBOOT]
     assert harness.send(b"Set_Option toolScripts.beforePowerOff 1") == b"OK "
     assert harness.send(b"OS_Halt") == b"OK "
@@ -111,7 +111,7 @@ def test_no_script_configured_is_a_success() -> None:
     harness = started()
     harness.power.scripts[PowerState.POWERON] = None
     assert harness.send(b"OS_PowerOn") == b"OK "
-    assert harness.vmx.tools.state_changes == [(1, 3)]
+    assert list(harness.vmx.tools.state_changes) == [(1, 3)]
     assert b"log Script exit code: 0, success = 1\0" not in power_rpcs(harness)
 
 
