@@ -3,6 +3,7 @@ memory by iosim."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from twisted_vmtools.channels.stream import StreamChannel
 from twisted_vmtools.codecs.powerops import PowerState
+from twisted_vmtools.guest.feature import IGuestFeature
 from twisted_vmtools.guest.powerops import IPowerHandler
 from twisted_vmtools.service import ToolsService
 from twisted_vmtools.vmx.control import ControlServer
@@ -114,14 +116,24 @@ class RecordingPowerHandler:
 class Harness:
     """A `ToolsService` over a `StreamChannel`, talking to a `VMX`, all on one Clock."""
 
-    def __init__(self, *, primary_ip: str | None = "198.51.100.7", tclo_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        primary_ip: str | None = "198.51.100.7",
+        tclo_timeout: float = 30.0,
+        features: Callable[[Clock], Sequence[IGuestFeature]] | None = None,
+    ) -> None:
+        """``features``, given the harness's clock, replaces the default features."""
         self.clock = Clock()
         self.vmx = VMX(self.clock, tclo_timeout=tclo_timeout)
         self.endpoint = PumpEndpoint(VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx)))
         self.channel = StreamChannel(self.clock, "memory", endpoint=self.endpoint)
         # Never the default power handler: an OS_Halt in a test must not reach /sbin/shutdown.
         self.power = RecordingPowerHandler()
-        self.service = ToolsService(self.clock, self.channel, primary_ip=primary_ip, power_handler=self.power)
+        if features is None:
+            self.service = ToolsService(self.clock, self.channel, primary_ip=primary_ip, power_handler=self.power)
+        else:
+            self.service = ToolsService(self.clock, self.channel, features=features(self.clock))
 
     def start(self) -> None:
         self.service.startService()

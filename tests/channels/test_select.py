@@ -21,6 +21,7 @@ from twisted_vmtools.channels.interfaces import IGuestChannel, ITCLOHandler
 from twisted_vmtools.channels.select import AutoChannel, TransportUnavailable, make_channel
 from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT, VsockChannel
 from twisted_vmtools.codecs.message import PROTO_RPCI, PROTO_TCLO
+from twisted_vmtools.protocols.tclo import TCLODispatcher
 
 from .fakes import FakeVMX, PairConnector
 
@@ -151,7 +152,9 @@ def test_auto_reset_retries_vsock_early() -> None:
     calls: list[tuple[int, bool]] = []
     clock = Clock()
     vmx, channel = auto_channel(refusing(calls), clock)
-    channel.start(Handler())
+    dispatcher = TCLODispatcher()  # the channel watches reset through the dispatcher's observers
+    dispatcher.register(b"reset", lambda args: b"ATR toolbox")
+    channel.start(dispatcher)
     assert calls == [(TCLO_PORT, False)]  # TCLO: one vsock attempt, then the backdoor
     assert channel.tclo_via == "backdoor"
     reply = channel.rpci(b"x")

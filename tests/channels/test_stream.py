@@ -32,7 +32,7 @@ def test_connect_greets_and_turns_running() -> None:
     assert any(r.data.startswith(b"vmx.capability.unified_loop toolbox") for r in harness.vmx.records)
 
 
-def test_capabilities_register_announces_linux_capabilities() -> None:
+def test_capabilities_register_announces_the_installed_features_capabilities() -> None:
     harness = Harness()
     harness.start()
     assert harness.send(b"Capabilities_Register") == b"OK "
@@ -41,8 +41,8 @@ def test_capabilities_register_announces_linux_capabilities() -> None:
     assert status["guest.toolsVersionStatus"] == "guestToolsUnmanaged"
     capabilities = status["guest.toolsCapabilities"]
     assert isinstance(capabilities, dict)
-    assert capabilities["hgfs_server"] == "toolbox 1"
-    assert "statechange" in capabilities
+    # Each from the feature providing it: the core, power operations; no HGFS server is installed.
+    assert capabilities == {"guest_conf_directory": "/etc/vmware-tools", "statechange": "", "softpowerop_retry": ""}
 
 
 def test_set_option() -> None:
@@ -54,7 +54,8 @@ def test_set_option() -> None:
     assert harness.send(b"Set_Option bogusOption 1") == b"OK "
     assert harness.send(b"Set_Option broadcastIP") == b"ERROR Unknown or invalid option"
     assert harness.send(b"Set_Option") == b"ERROR Unknown or invalid option"
-    assert harness.service.core.options[b"synctime"] == b"0"
+    core = harness.service.core
+    assert core is not None and core.options[b"synctime"] == b"0"
 
 
 def test_unknown_command_and_failing_handler() -> None:

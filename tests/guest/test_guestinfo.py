@@ -146,7 +146,9 @@ def test_guestinfo_ip_wins_over_the_nic_address() -> None:
     harness = make()
     harness.start()
     harness.settle(30)
-    harness.service.core.primary_ip = lambda: "198.51.100.7"
+    core = harness.service.core
+    assert core is not None
+    core.primary_ip = lambda: "198.51.100.7"
     assert harness.send(b"Set_Option broadcastIP 1") == b"OK "
     assert harness.vmx.status()["guest.ipAddress"] == "198.51.100.7"
 
@@ -316,7 +318,7 @@ def test_interval_option() -> None:
 
 def test_interval_must_be_positive() -> None:
     try:
-        GuestInfo(Clock(), None, interval=0)  # type: ignore[arg-type]
+        GuestInfo(Clock(), interval=0)
     except ValueError:
         pass
     else:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred, succeed
+from zope.interface.verify import verifyObject
 
-from twisted_vmtools.protocols.tclo import TCLODispatcher, TCLOHandlerError
+from twisted_vmtools.channels.interfaces import ITCLOCommands
+from twisted_vmtools.protocols.tclo import AlreadyRegistered, TCLODispatcher, TCLOHandlerError
 
 
 def reply_of(dispatcher: TCLODispatcher, command: bytes) -> bytes:
@@ -83,3 +86,76 @@ def test_a_handler_answering_something_else_than_bytes_later_gets_an_error_reply
 
     dispatcher.register(b"wrong", wrong)
     assert reply_of(dispatcher, b"wrong").startswith(b"ERROR ")
+
+
+def test_a_second_handler_for_a_command_is_refused() -> None:
+    dispatcher = TCLODispatcher()
+    dispatcher.register(b"reset", lambda args: b"ATR toolbox")
+    with pytest.raises(AlreadyRegistered, match="observe it instead"):
+        dispatcher.register(b"reset", lambda args: b"ATR other")
+    assert reply_of(dispatcher, b"reset") == b"OK ATR toolbox"  # the first owner keeps it
+    assert dispatcher.registered() == [b"reset"]
+
+
+def test_observers_run_in_order_after_an_ok_and_the_reply_waits_for_them() -> None:
+    dispatcher = TCLODispatcher()
+    dispatcher.register(b"Set_Option", lambda args: b"")
+    seen: list[tuple[str, bytes]] = []
+    later: Deferred[None] = Deferred()
+
+    async def second(args: bytes) -> None:
+        seen.append(("second", args))
+        await later
+
+    dispatcher.observe(b"Set_Option", lambda args: seen.append(("first", args)))
+    dispatcher.observe(b"Set_Option", second)
+    dispatcher.observe(b"Set_Option", lambda args: seen.append(("third", args)))
+    replies: list[object] = []
+    dispatcher.handle(b"Set_Option broadcastIP 1").addBoth(replies.append)
+    assert seen == [("first", b"broadcastIP 1"), ("second", b"broadcastIP 1")]
+    assert replies == []  # the VMX hears back once every observer is done
+    later.callback(None)
+    assert seen[-1] == ("third", b"broadcastIP 1")
+    assert replies == [b"OK "]
+
+
+def test_observers_do_not_run_after_an_error_or_for_an_unknown_command() -> None:
+    dispatcher = TCLODispatcher()
+
+    def refuses(args: bytes) -> bytes:
+        raise TCLOHandlerError("no")
+
+    dispatcher.register(b"refuses", refuses)
+    seen: list[bytes] = []
+    dispatcher.observe(b"refuses", seen.append)
+    dispatcher.observe(b"nobody", seen.append)
+    assert reply_of(dispatcher, b"refuses x") == b"ERROR no"
+    assert reply_of(dispatcher, b"nobody") == b"ERROR Unknown Command"
+    assert seen == []
+
+
+def test_a_failing_observer_is_logged_and_the_reply_stands() -> None:
+    dispatcher = TCLODispatcher()
+    dispatcher.register(b"reset", lambda args: b"ATR toolbox")
+    seen: list[bytes] = []
+
+    def broken(args: bytes) -> None:
+        raise RuntimeError("observer bug")
+
+    dispatcher.observe(b"reset", broken)
+    dispatcher.observe(b"reset", seen.append)
+    assert reply_of(dispatcher, b"reset") == b"OK ATR toolbox"
+    assert seen == [b""]  # the next observer still ran
+
+
+def test_unsubscribing_ends_the_observation() -> None:
+    dispatcher = TCLODispatcher()
+    dispatcher.register(b"ping", lambda args: b"")
+    seen: list[bytes] = []
+    unsubscribe = dispatcher.observe(b"ping", seen.append)
+    reply_of(dispatcher, b"ping")
+    unsubscribe()
+    unsubscribe()  # twice is harmless
+    reply_of(dispatcher, b"ping")
+    assert seen == [b""]
+    assert verifyObject(ITCLOCommands, dispatcher)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
@@ -18,6 +20,24 @@ class ITCLOHandler(Interface):
 
         A channel must not hand over the next command before this fires:
         on the backdoor the next poll waits, on a stream the VMX waits.
+        """
+
+
+class ITCLOCommands(ITCLOHandler):
+    """A TCLO handler that others may watch: the seam for reacting to a command one does not own.
+
+    Implemented by `twisted_vmtools.protocols.tclo.TCLODispatcher`.  Guest features observe
+    ``reset``, ``Capabilities_Register`` and ``Set_Option``; `AutoChannel` observes ``reset``.
+    """
+
+    def observe(name: bytes, observer: Callable[[bytes], Awaitable[object] | None]) -> Callable[[], None]:
+        """Call ``observer(args)`` each time command ``name`` is answered ``OK``.
+
+        The observer may return an awaitable (a Deferred or a coroutine); the
+        reply reaches the VMX once every observer of the command has finished,
+        one after another in the order they subscribed.  An observer's failure
+        is logged and does not change the reply.  Returns a callable that
+        ends the subscription.
         """
 
 

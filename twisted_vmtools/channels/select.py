@@ -27,10 +27,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..codecs.message import Backdoor
-from ..codecs.tclo import TCLOError, parse_command
+from ..codecs.tclo import RESET
 from .backdoor import BackdoorChannel, hardware_executor
 from .detect import Detection, detected
-from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
+from .interfaces import ChannelError, IGuestChannel, ITCLOCommands, ITCLOHandler
 from .vsock import Connector, VsockChannel, VsockConnectError
 
 TRANSPORTS = "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"
@@ -91,33 +91,6 @@ def make_channel(
     return AutoChannel(vsock, BackdoorChannel(executor, clock), clock)
 
 
-def _command_name(command: bytes) -> bytes | None:
-    try:
-        return parse_command(command).name
-    except TCLOError:
-        return None
-
-
-@implementer(ITCLOHandler)
-class _ResetWatcher:
-    """Passes commands through; tells the channel when a ``reset`` was answered OK."""
-
-    def __init__(self, inner: ITCLOHandler, on_reset: Callable[[], None]) -> None:
-        self._inner = inner
-        self._on_reset = on_reset
-
-    def handle(self, command: bytes) -> Deferred[bytes]:
-        answer = self._inner.handle(command)
-        if _command_name(command) == b"reset":
-            answer.addCallback(self._answered)
-        return answer
-
-    def _answered(self, reply: bytes) -> bytes:
-        if reply.startswith(b"OK"):
-            self._on_reset()
-        return reply
-
-
 @implementer(IGuestChannel)
 class AutoChannel:
     """vsock when it works, the backdoor when it does not (``--transport auto``)."""
@@ -132,6 +105,7 @@ class AutoChannel:
         self._fallback_delay = FIRST_FALLBACK_DELAY
         self.tclo_via: str | None = None
         self.rpci_via: str | None = None
+        self._unobserve: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:
@@ -184,9 +158,12 @@ class AutoChannel:
     # -- TCLO
 
     def start(self, tclo: ITCLOHandler) -> None:
-        handler = _ResetWatcher(tclo, self._reset_seen)
-        self._vsock.start(handler)
-        self._vsock.first_tclo_attempt().addCallbacks(self._tclo_on_vsock, self._tclo_fallback, errbackArgs=(handler,))
+        # Through the dispatcher's observer seam, as guest features watch reset; a bare
+        # ITCLOHandler cannot be watched and leaves only the timed retries.
+        if ITCLOCommands.providedBy(tclo):
+            self._unobserve = tclo.observe(RESET, lambda args: self._reset_seen())
+        self._vsock.start(tclo)
+        self._vsock.first_tclo_attempt().addCallbacks(self._tclo_on_vsock, self._tclo_fallback, errbackArgs=(tclo,))
 
     def _tclo_on_vsock(self, _: object) -> None:
         self.tclo_via = "vsock"
@@ -200,5 +177,8 @@ class AutoChannel:
         self._backdoor.start(handler)
 
     def stop(self) -> Deferred[None]:
+        if self._unobserve is not None:
+            self._unobserve()
+            self._unobserve = None
         stopping = [self._vsock.stop(), self._backdoor.stop()]
         return defer.gatherResults(stopping).addCallback(lambda _: None)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 STATUS_COMMAND = b"tools.os.statechange.status"
+# What a guest with power operations announces on Capabilities_Register.
+CAPABILITIES: tuple[bytes, ...] = (b"tools.capability.statechange ", b"tools.capability.softpowerop_retry ")
 IN_PROGRESS = b"State change already in progress"
 SCRIPT_FAILED_TO_START = b"Error starting script"
 DEFAULT_SCRIPT_DIR = "/etc/vmware-tools"  # where vmtoolsd looks for relative script names on Linux

@@ -63,6 +63,15 @@ def parse_command(data: bytes) -> TCLOCommand:
     return TCLOCommand(name, args)
 
 
+def parse_option(args: bytes) -> tuple[bytes, bytes]:
+    """``Set_Option``'s arguments as (name, value); `TCLOError` if either is missing."""
+    name, _, value = args.strip().partition(b" ")
+    value = value.strip()
+    if not name or not value:
+        raise TCLOError("Set_Option needs a name and a value")
+    return name, value
+
+
 def parse_reply(data: bytes) -> TCLOReply:
     if data.startswith(OK_PREFIX):
         return TCLOReply(True, data[len(OK_PREFIX) :])

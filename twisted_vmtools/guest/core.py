@@ -1,28 +1,27 @@
-"""The core TCLO handlers every toolbox answers: reset, ping, capabilities, options."""
+"""The core feature every toolbox has: reset, ping, options, and the version it announces."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import ensureDeferred
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .. import __version__
-from ..protocols.rpci import RPCI, RPCIError
+from ..codecs.tclo import CAPABILITIES_REGISTER, PING, RESET, RESET_REPLY_PREFIX, SET_OPTION, TCLOError, parse_option
+from ..protocols.rpci import RPCI
 from ..protocols.tclo import TCLODispatcher, TCLOHandlerError
+from .feature import IGuestFeature, send_quietly
 
 APP_NAME = b"toolbox"  # what `reset` answers for the system service (vmsvc)
 UNMANAGED_VERSION = 2147483647  # tools.set.version: "not managed by the VMX"
 INVALID_OPTION = b"Unknown or invalid option"
 
-# What a Linux toolbox announces on Capabilities_Register, in vmtoolsd's order.
-# The HGFS server capability tells the VMX it may send `f` packets.
-LINUX_CAPABILITIES: tuple[bytes, ...] = (
-    b"tools.capability.hgfs_server toolbox 1",
-    b"tools.capability.statechange ",
-    b"tools.capability.softpowerop_retry ",
-    b"tools.capability.guest_conf_directory /etc/vmware-tools",
-)
+# What the core announces on Capabilities_Register; the other capabilities belong to the
+# features that provide them (hgfs_server to the HGFS server, statechange to power operations).
+CORE_CAPABILITIES: tuple[bytes, ...] = (b"tools.capability.guest_conf_directory /etc/vmware-tools",)
 
 
 def version_number(version: str) -> int:
@@ -31,49 +30,51 @@ def version_number(version: str) -> int:
     return parts[0] << 10 | parts[1] << 5 | parts[2]
 
 
-class CoreHandlers:
-    """reset, ping, Capabilities_Register and Set_Option.
+@implementer(IGuestFeature)
+class CoreFeature(Service):
+    """reset, ping and Set_Option; the version, at start and after Capabilities_Register.
 
     Options are kept in ``options``; hooks registered with `on_option` run
-    when one is set (``broadcastIP`` is built in).  ``primary_ip`` is a
-    callable so an embedding application can say which address to report.
+    when one is set (``broadcastIP`` is built in); other features observe
+    ``Set_Option`` on the dispatcher instead.  ``primary_ip`` is a callable
+    so an embedding application can say which address to report.
     """
 
     log = Logger()
+    name = "core"
+    rpci: RPCI  # given by install
 
     def __init__(
         self,
-        rpci: RPCI,
         *,
         primary_ip: Callable[[], str | None],
-        capabilities: tuple[bytes, ...] = LINUX_CAPABILITIES,
+        capabilities: Sequence[bytes] = CORE_CAPABILITIES,
     ) -> None:
-        self.rpci = rpci
         self.primary_ip = primary_ip
-        self.capabilities = capabilities
+        self.capabilities = tuple(capabilities)
         self.options: dict[bytes, bytes] = {}
         self._option_hooks: dict[bytes, list[Callable[[bytes], object]]] = {}
         self._reset_logged = False
+        self._announcing: Deferred[None] | None = None
         self.on_option(b"broadcastIP", self._broadcast_ip)
 
-    def install(self, dispatcher: TCLODispatcher) -> None:
-        dispatcher.register(b"reset", self.reset)
-        dispatcher.register(b"ping", self.ping)
-        dispatcher.register(b"Capabilities_Register", self.capabilities_register)
-        dispatcher.register(b"Set_Option", self.set_option)
+    def install(self, dispatcher: TCLODispatcher, rpci: RPCI) -> None:
+        self.rpci = rpci
+        dispatcher.register(RESET, self.reset)
+        dispatcher.register(PING, self.ping)
+        dispatcher.register(SET_OPTION, self.set_option)
+        # The version follows the capabilities every feature announced, as vmtoolsd's does.
+        dispatcher.observe(CAPABILITIES_REGISTER, self._announce_unmanaged)
+
+    def startService(self) -> None:
+        super().startService()
+        self._announcing = ensureDeferred(self.announce_version())
 
     def on_option(self, name: bytes, hook: Callable[[bytes], object]) -> None:
         self._option_hooks.setdefault(name, []).append(hook)
 
     async def _send(self, request: bytes) -> bytes | None:
-        """Send an RPC whose failure must not fail the command that caused it."""
-        try:
-            return await self.rpci.call(request)
-        except RPCIError as error:
-            self.log.info("VMX refused {request!r}: {error}", request=request, error=str(error))
-        except Exception as error:
-            self.log.warn("RPC {request!r} failed: {error}", request=request, error=str(error))
-        return None
+        return await send_quietly(self.rpci, request)
 
     async def announce_version(self) -> None:
         """The guestinfo.vmtools.* keys vmtoolsd sets at start-up."""
@@ -87,7 +88,7 @@ class CoreHandlers:
 
     def reset(self, args: bytes) -> bytes:
         ensureDeferred(self._after_reset())
-        return b"ATR " + APP_NAME
+        return RESET_REPLY_PREFIX + APP_NAME
 
     async def _after_reset(self) -> None:
         await self._send(b"vmx.capability.unified_loop " + APP_NAME)
@@ -101,17 +102,14 @@ class CoreHandlers:
     def ping(self, args: bytes) -> bytes:
         return b""
 
-    async def capabilities_register(self, args: bytes) -> bytes:
-        for capability in self.capabilities:
-            await self._send(capability)
+    async def _announce_unmanaged(self, args: bytes) -> None:
         await self._send(b"tools.set.version %d" % UNMANAGED_VERSION)
-        return b""
 
     async def set_option(self, args: bytes) -> bytes:
-        name, _, value = args.strip().partition(b" ")
-        value = value.strip()
-        if not name or not value:
-            raise TCLOHandlerError(INVALID_OPTION)
+        try:
+            name, value = parse_option(args)
+        except TCLOError:
+            raise TCLOHandlerError(INVALID_OPTION) from None
         self.options[name] = value
         for hook in self._option_hooks.get(name, []):
             result = hook(value)

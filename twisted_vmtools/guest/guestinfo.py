@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..codecs.diskinfo import DiskEntry, DiskInfoError, encode_disk_info
 from ..codecs.guestos import GuestOSError, encode_detailed_data
@@ -29,9 +30,10 @@ from ..codecs.nicinfo import (
     to_v2,
     truncate_ips,
 )
+from ..codecs.tclo import CAPABILITIES_REGISTER, RESET
 from ..protocols.rpci import RPCI, RPCIError
 from ..protocols.tclo import TCLODispatcher
-from .core import CoreHandlers
+from .feature import IGuestFeature
 from .sysinfo import IGuestInfoSource, SystemGuestInfoSource
 
 DEFAULT_INTERVAL = 30.0  # vmtoolsd's [guestinfo] poll-interval
@@ -67,6 +69,7 @@ def binary_request(key: GuestInfoKey, payload: bytes) -> bytes:
 # -- where the facts come from
 
 
+@implementer(IGuestFeature)
 class GuestInfo(Service):
     """Sends the guest's facts to the VMX on a timer; only what changed, as vmtoolsd does.
 
@@ -78,11 +81,13 @@ class GuestInfo(Service):
     """
 
     log = Logger()
+    name = "guestinfo"
+    capabilities: tuple[bytes, ...] = ()
+    rpci: RPCI  # given by install
 
     def __init__(
         self,
         reactor: IReactorTime,
-        rpci: RPCI,
         *,
         interval: float = DEFAULT_INTERVAL,
         source: IGuestInfoSource | None = None,
@@ -90,7 +95,6 @@ class GuestInfo(Service):
         if interval <= 0:
             raise ValueError(f"guest info interval must be positive, not {interval}")
         self.reactor = reactor
-        self.rpci = rpci
         self.interval = interval
         self.source: IGuestInfoSource = source if source is not None else SystemGuestInfoSource()
         self._sent: dict[GuestInfoKey, str] = {}
@@ -103,26 +107,17 @@ class GuestInfo(Service):
         self._loop = LoopingCall(self.gather)
         self._loop.clock = reactor
 
-    def install(self, dispatcher: TCLODispatcher, core: CoreHandlers) -> None:
-        """Hook ``reset`` and ``Capabilities_Register``, keeping the core handlers' replies.
+    def install(self, dispatcher: TCLODispatcher, rpci: RPCI) -> None:
+        """Observe ``reset`` (forget what was sent: a new VMX has forgotten it too) and
+        ``Capabilities_Register`` (report the uptime, which the VMX uses to detect a soft
+        reset, then a full round at once rather than one poll interval later)."""
+        self.rpci = rpci
+        dispatcher.observe(RESET, lambda args: self.forget())
+        dispatcher.observe(CAPABILITIES_REGISTER, self._registered)
 
-        ``core`` is the `CoreHandlers` already installed; its handlers are
-        wrapped so that reset forgets what was sent, and Capabilities_Register
-        reports the uptime (the VMX uses it to detect a soft reset) and then
-        starts a full report at once, rather than one poll interval later.
-        """
-        def reset(args: bytes) -> bytes:
-            self.forget()
-            return core.reset(args)
-
-        async def capabilities_register(args: bytes) -> bytes:
-            reply = await core.capabilities_register(args)
-            await self.send_uptime()
-            self.report_now()
-            return reply
-
-        dispatcher.register(b"reset", reset)
-        dispatcher.register(b"Capabilities_Register", capabilities_register)
+    async def _registered(self, args: bytes) -> None:
+        await self.send_uptime()
+        self.report_now()
 
     def startService(self) -> None:
         super().startService()

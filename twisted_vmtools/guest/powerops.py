@@ -22,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from ..codecs.powerops import (
+    CAPABILITIES,
     IN_PROGRESS,
     SCRIPT_FAILED_TO_START,
     SCRIPT_OPTIONS,
@@ -34,8 +36,10 @@ from ..codecs.powerops import (
     PowerState,
     StateChangeStatus,
 )
+from ..codecs.tclo import SET_OPTION, parse_option
 from ..protocols.rpci import RPCI
 from ..protocols.tclo import TCLODispatcher, TCLOHandlerError
+from .feature import IGuestFeature
 
 
 class PowerScriptError(Exception):
@@ -55,21 +59,30 @@ class IPowerHandler(Interface):
         """Halt or reboot the guest (``state`` is HALT or REBOOT), after the success was reported."""
 
 
-class PowerOps:
+@implementer(IGuestFeature)
+class PowerOps(Service):
     """The ``OS_*`` handlers over an `IPowerHandler`; `changing` is the Deferred of the change running."""
 
     log = Logger()
+    name = "powerops"
+    # statechange: the VMX may send OS_* commands; softpowerop_retry: a failed one may be retried.
+    capabilities = CAPABILITIES
+    rpci: RPCI  # given by install
 
-    def __init__(self, rpci: RPCI, handler: IPowerHandler) -> None:
-        self.rpci = rpci
+    def __init__(self, handler: IPowerHandler) -> None:
         self.handler = handler
         self.scripts_enabled = dict.fromkeys(PowerState, True)
         self.changing: Deferred[None] | None = None
         self._last_failed: PowerState | None = None
 
-    def install(self, dispatcher: TCLODispatcher) -> None:
+    def install(self, dispatcher: TCLODispatcher, rpci: RPCI) -> None:
+        self.rpci = rpci
         for state in PowerState:
             dispatcher.register(TCLO_COMMANDS[state], self._handler(state))
+        dispatcher.observe(SET_OPTION, self._option_set)  # the core owns Set_Option
+
+    def _option_set(self, args: bytes) -> None:
+        self.set_option(*parse_option(args))
 
     def _handler(self, state: PowerState) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
         def handle(args: bytes) -> Coroutine[Any, Any, bytes]:

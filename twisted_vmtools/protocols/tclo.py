@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
@@ -11,11 +11,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..channels.interfaces import ITCLOHandler
+from ..channels.interfaces import ITCLOCommands
 from ..codecs.tclo import BAD_COMMAND, OK_PREFIX, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
 
 HandlerResult = bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]
 Handler = Callable[[bytes], HandlerResult]
+Observer = Callable[[bytes], Awaitable[object] | None]
+
+
+class AlreadyRegistered(ValueError):
+    """A second handler for a command: one command, one owner (the others observe it)."""
 
 
 class TCLOHandlerError(Exception):
@@ -26,28 +31,48 @@ class TCLOHandlerError(Exception):
         super().__init__(self.body.decode("utf-8", "replace"))
 
 
-@implementer(ITCLOHandler)
+@implementer(ITCLOCommands)
 class TCLODispatcher:
-    """A registry of TCLO command handlers.
+    """A registry of TCLO command handlers, and of observers of those commands.
 
     A handler gets the arguments (the text after the first space) and returns
     the reply body as bytes, a Deferred or a coroutine.  It answers
     ``OK <body>``; a `TCLOHandlerError` answers ``ERROR <message>``; any other
     failure is logged and answered ``ERROR <description>``, and the service
-    goes on.
+    goes on.  Each command has one handler; whoever else must react to it
+    (a ``reset``, a ``Set_Option``) uses `observe`.
     """
 
     log = Logger()
 
     def __init__(self, *, trace: bool = False) -> None:
         self._handlers: dict[bytes, Handler] = {}
+        self._observers: dict[bytes, list[Observer]] = {}
         self.trace = trace
 
     def register(self, name: bytes, handler: Handler) -> None:
+        """Make ``handler`` answer command ``name``; `AlreadyRegistered` if another one does."""
+        if name in self._handlers:
+            raise AlreadyRegistered(f"TCLO command {name!r} already has a handler; observe it instead")
         self._handlers[name] = handler
 
     def unregister(self, name: bytes) -> None:
         self._handlers.pop(name, None)
+
+    def observe(self, name: bytes, observer: Observer) -> Callable[[], None]:
+        """Call ``observer(args)`` after each ``OK`` answer to ``name`` (see `ITCLOCommands.observe`)."""
+        observers = self._observers.setdefault(name, [])
+        observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in observers:
+                observers.remove(observer)
+
+        return unsubscribe
+
+    def registered(self) -> list[bytes]:
+        """The commands that have a handler, in registration order."""
+        return list(self._handlers)
 
     def handle(self, command: bytes) -> Deferred[bytes]:
         if self.trace:
@@ -69,14 +94,35 @@ class TCLODispatcher:
         handler = self._handlers.get(parsed.name)
         if handler is None:
             return _done(TCLOReply(False, UNKNOWN_COMMAND))
+        answering = self._answer(handler, parsed.name, parsed.args)
+        if self._observers.get(parsed.name):
+            answering.addCallback(self._notify, parsed.name, parsed.args)
+        return answering
+
+    def _answer(self, handler: Handler, name: bytes, args: bytes) -> Deferred[bytes]:
         try:
-            result = handler(parsed.args)
+            result = handler(args)
         except Exception:
-            return succeed(self._failed(Failure(), parsed.name))
+            return succeed(self._failed(Failure(), name))
         if isinstance(result, bytes):
             return succeed(OK_PREFIX + result)  # most handlers answer at once: skip the Deferred plumbing
         running = maybeDeferred(_deferred, result).addCallback(_ok)
-        return running.addErrback(self._failed, parsed.name)
+        return running.addErrback(self._failed, name)
+
+    def _notify(self, reply: bytes, name: bytes, args: bytes) -> bytes | Deferred[bytes]:
+        if not reply.startswith(OK_PREFIX):
+            return reply
+        return ensureDeferred(self._run_observers(name, args)).addCallback(lambda _: reply)
+
+    async def _run_observers(self, name: bytes, args: bytes) -> None:
+        for observer in list(self._observers.get(name, ())):
+            try:
+                result = observer(args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                # The command's owner answered; a watcher's trouble is its own.
+                self.log.failure("an observer of TCLO {name!r} failed", name=name)
 
     def _failed(self, failure: Failure, name: bytes) -> bytes:
         if failure.check(TCLOHandlerError):

@@ -99,16 +99,16 @@ class Deliberate:
 DELIBERATE: dict[str, Deliberate] = {
     "capabilities": Deliberate(
         Observation("'OK '", [
-            "tools.capability.hgfs_server toolbox 1",
+            "tools.capability.guest_conf_directory /etc/vmware-tools",
             "tools.capability.statechange",
             "tools.capability.softpowerop_retry",
-            "tools.capability.guest_conf_directory /etc/vmware-tools",
             "tools.set.version 2147483647",
         ]),
         "vmtoolsd reports its own version with `tools.set.versiontype 12352 4` (OVT); ours is not an "
         "open-vm-tools build, so it says `tools.set.version 2147483647`, the unmanaged marker the VMX shows as "
-        "guestToolsUnmanaged. vmtoolsd also sends `tools.capability.features 36=0` (vmbackup's NVMe support, "
-        "a plugin ours does not have).",
+        "guestToolsUnmanaged. Each capability is announced by the feature that provides it, in the order the "
+        "features are installed (core, guest info, power operations); ours has no HGFS server (`hgfs_server`) "
+        "or vmbackup (`tools.capability.features 36=0`) yet.",
     ),
     "set-option-empty": Deliberate(
         Observation("'ERROR Unknown or invalid option'"),
