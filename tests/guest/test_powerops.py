@@ -117,6 +117,8 @@ def test_no_script_configured_is_a_success() -> None:
 
 def test_the_vmx_greeting_enables_the_scripts() -> None:
     harness = started()
-    assert all(harness.service.power.scripts_enabled.values())
-    assert harness.service.power.set_option(b"toolScripts.afterResume", b"maybe") is False
-    assert harness.service.power.set_option(b"somethingElse", b"0") is False
+    power = harness.service.power
+    assert power is not None
+    assert all(power.scripts_enabled.values())
+    assert power.set_option(b"toolScripts.afterResume", b"maybe") is False
+    assert power.set_option(b"somethingElse", b"0") is False
