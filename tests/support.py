@@ -3,6 +3,7 @@ memory by iosim."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from twisted_vmtools.codecs.powerops import PowerState
 from twisted_vmtools.guest.feature import IGuestFeature
 from twisted_vmtools.guest.powerops import IPowerHandler
 from twisted_vmtools.service import ToolsService
+from twisted_vmtools.vmx.access import Peer
 from twisted_vmtools.vmx.control import ControlServer
 from twisted_vmtools.vmx.model import VMX
 from twisted_vmtools.vmx.stream import VMXStreamFactory
@@ -113,6 +115,11 @@ class RecordingPowerHandler:
         self.shut_downs.append(state)
 
 
+def same_user(transport: object) -> Peer:
+    """In memory there are no peer credentials: every connection is this user's, like a test's own."""
+    return Peer(uid=os.geteuid(), gid=os.getegid(), pid=os.getpid())
+
+
 class Harness:
     """A `ToolsService` over a `StreamChannel`, talking to a `VMX`, all on one Clock."""
 
@@ -126,7 +133,9 @@ class Harness:
         """``features``, given the harness's clock, replaces the default features."""
         self.clock = Clock()
         self.vmx = VMX(self.clock, tclo_timeout=tclo_timeout)
-        self.endpoint = PumpEndpoint(VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx)))
+        self.endpoint = PumpEndpoint(
+            VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx), peer=same_user)
+        )
         self.channel = StreamChannel(self.clock, "memory", endpoint=self.endpoint)
         # Never the default power handler: an OS_Halt in a test must not reach /sbin/shutdown.
         self.power = RecordingPowerHandler()

@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from twisted_vmtools.codecs.datamap import (
+    MAX_PACKET,
     FieldId,
     FieldType,
     PacketDecoder,
@@ -271,3 +272,40 @@ def test_fast_paths_write_what_the_generic_encoder_writes(payload: bytes) -> Non
     ):
         content = encode_datamap(entries)  # type: ignore[arg-type]
         assert packet.encode() == len(content).to_bytes(4, "big") + content
+
+
+def test_a_one_byte_at_a_time_writer_costs_linear_copying() -> None:
+    # The attack: one byte per read while a 1 MiB packet builds up.  Counting the
+    # bytes the decoder moves between buffers shows the cost, without timing anything.
+    payload = bytes(range(256)) * 1024  # 256 KiB
+    wire = VsockPacket.data(payload).encode() + VsockPacket.ping().encode()
+    decoder = PacketDecoder()
+    out: list[object] = []
+    for index in range(len(wire)):
+        out += decoder.feed(wire[index : index + 1])
+        assert decoder.buffered <= 4 + len(wire)
+    assert out == [VsockPacket.data(payload), VsockPacket.ping()]
+    assert decoder.copied <= 3 * len(wire)  # re-copying per read would be ~len(wire)**2 / 2
+    assert decoder.buffered == 0
+
+
+def test_large_chunks_across_packet_boundaries_stay_linear() -> None:
+    packets = [VsockPacket.data(bytes([n]) * (n * 997)) for n in range(1, 60)]
+    wire = b"".join(p.encode() for p in packets)
+    decoder = PacketDecoder()
+    out: list[object] = []
+    for start in range(0, len(wire), 4093):
+        out += decoder.feed(wire[start : start + 4093])
+    assert out == packets and decoder.copied <= 3 * len(wire)
+
+
+def test_one_mebibyte_byte_by_byte_finishes() -> None:
+    payload = b"\xa5" * (MAX_PACKET - 28)
+    wire = VsockPacket.data(payload).encode()
+    decoder = PacketDecoder()
+    feed = decoder.feed
+    out: list[object] = []
+    for byte in range(len(wire) - 1):
+        assert not feed(wire[byte : byte + 1])
+    out += feed(wire[-1:])
+    assert out == [VsockPacket.data(payload)] and decoder.copied <= 2 * len(wire)

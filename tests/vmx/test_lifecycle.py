@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from tests.support import Harness
+from tests.support import Harness, same_user
 from twisted_vmtools.channels.stream import StreamChannel
 from twisted_vmtools.service import ToolsService
 from twisted_vmtools.vmx.control import ControlServer
@@ -86,7 +86,7 @@ def test_vmx_restart_greets_the_reconnecting_guest_which_reannounces() -> None:
     harness.start()
     harness.endpoint.drop_all()  # the old VMX goes away
     fresh = VMX(harness.clock)
-    harness.endpoint.server_factory = VMXStreamFactory(fresh, control=lambda: ControlServer(fresh))
+    harness.endpoint.server_factory = VMXStreamFactory(fresh, control=lambda: ControlServer(fresh), peer=same_user)
     for _ in range(10):  # the guest reconnects with back-off
         harness.settle(2)
         if fresh.running:

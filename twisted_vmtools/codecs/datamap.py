@@ -227,21 +227,30 @@ class PacketDecoder:
     def __init__(self, max_packet: int = MAX_PACKET) -> None:
         self._buffer = bytearray()
         self._max = max_packet
+        self._need = 0  # buffered bytes needed before anything can come out
+        self.copied = 0  # bytes moved between buffers: linear in the input, whatever its chunking
 
     def feed(self, data: bytes) -> list[VsockPacket | VsockPacketError]:
         if self._buffer:
+            # A partial packet waits: append (amortised constant per byte) and look again only
+            # once it can be whole, so a peer writing one byte at a time costs linear time.
             self._buffer += data
+            if len(self._buffer) < self._need:
+                return []
             data = bytes(self._buffer)
+            self.copied += len(data)
             self._buffer.clear()
         packets: list[VsockPacket | VsockPacketError] = []
         position, size = 0, len(data)
         # Usually `data` holds exactly one whole packet: slice it out, no buffering.
+        self._need = 4
         while size - position >= 4:
             (length,) = _U32.unpack_from(data, position)
             if length > self._max:
                 raise VsockPacketError(f"vsock packet of {length} bytes exceeds {self._max}")
             end = position + 4 + length
             if end > size:
+                self._need = 4 + length
                 break
             try:
                 packets.append(VsockPacket.decode_content(data[position + 4 : end]))
@@ -249,8 +258,14 @@ class PacketDecoder:
                 packets.append(error)
             position = end
         if position < size:
-            self._buffer += data[position:]
+            self._buffer += memoryview(data)[position:]
+            self.copied += size - position
         return packets
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a partial packet held (at most 4 + the packet limit)."""
+        return len(self._buffer)
 
 
 def decode_packet(data: bytes) -> VsockPacket:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
+from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, proof
 from .model import VMX
 from .stores import GuestInfoRefused
 from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
@@ -145,8 +149,86 @@ class ControlServer(amp.AMP):
 
 
 class ControlClient(amp.AMP):
-    """The client end: names the channel, then speaks AMP."""
+    """The client end: names the channel, answers the secret's challenge if given one, then speaks AMP.
+
+    ``ready`` fires with the client once commands may be sent: at once on a
+    Unix socket (the VMX checks the peer's uid), after the challenge over TCP.
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        super().__init__()
+        self._secret = secret
+        self._challenge: bytearray | None = bytearray() if secret is not None else None
+        self._verdict: bytearray | None = None  # after the proof: the VMX's ACCEPTED
+        self._first = secret is None  # the first bytes from the VMX are still to come
+        self._refusal: Exception | None = None
+        self.ready: Deferred[ControlClient] = Deferred()
 
     def connectionMade(self) -> None:
         self.transport.write(StreamKind.CONTROL.preamble)  # type: ignore[union-attr]
         super().connectionMade()
+        if self._secret is None:
+            self.ready.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._challenge is not None:
+            data = self._answer_challenge(data)
+        if self._verdict is not None:
+            data = self._read_verdict(data)
+        elif self._first and data:
+            self._first = False
+            if data.startswith(CHALLENGE_MAGIC):
+                self._refuse(SecretError(f"the simulator asks for the shared secret (set {SECRET_ENV})"))
+        if data and self._refusal is None:
+            super().dataReceived(data)
+
+    def _answer_challenge(self, data: bytes) -> bytes:
+        assert self._challenge is not None and self._secret is not None
+        missing = len(CHALLENGE_MAGIC) + NONCE_SIZE - len(self._challenge)
+        self._challenge += data[:missing]
+        if len(self._challenge) < len(CHALLENGE_MAGIC) + NONCE_SIZE:
+            return b""
+        challenge, self._challenge = bytes(self._challenge), None
+        if not challenge.startswith(CHALLENGE_MAGIC):
+            self._refuse(SecretError("the simulator sent no challenge: is this a Unix socket, or not a simulator?"))
+            return b""
+        self.transport.write(proof(self._secret, challenge[len(CHALLENGE_MAGIC) :]))  # type: ignore[union-attr]
+        self._verdict = bytearray()
+        return data[missing:]
+
+    def _read_verdict(self, data: bytes) -> bytes:
+        assert self._verdict is not None
+        missing = len(ACCEPTED) - len(self._verdict)
+        self._verdict += data[:missing]
+        if len(self._verdict) < len(ACCEPTED):
+            return b""
+        if self._verdict != ACCEPTED:
+            self._refuse(SecretError("the simulator did not accept the shared secret"))
+            return b""
+        self._verdict = None
+        self.ready.callback(self)
+        return data[missing:]
+
+    def _refuse(self, error: Exception) -> None:
+        self._refusal = error
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._refusal is not None:
+            reason = Failure(self._refusal)
+        if not self.ready.called:
+            self.ready.errback(reason if self._refusal else Failure(ConnectionError(
+                "the simulator closed the control channel (not allowed for this user, or a wrong secret)"
+            )))
+        super().connectionLost(reason)
+
+
+def control_secret(where: str, path: str | None = None) -> bytes | None:
+    """The secret a client proves when its ``--socket`` is TCP (from ``path`` or `SECRET_ENV`); None on Unix."""
+    return load_secret(path) if where.startswith("tcp:") else None
+
+
+async def connect_control(endpoint: IStreamClientEndpoint, secret: bytes | None = None) -> ControlClient:
+    """A `ControlClient` connected through ``endpoint``, ready for commands (secret proven if given)."""
+    client = await connectProtocol(endpoint, ControlClient(secret))
+    return await client.ready

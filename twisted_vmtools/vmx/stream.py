@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import count
 
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -15,7 +18,22 @@ from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
 from ..codecs.message import MAX_MESSAGE
 from ..codecs.rpci import RPCIReply
 from ..codecs.stream import PREAMBLE_SIZE, StreamKind, StreamPreambleError, parse_preamble
+from .access import (
+    ACCEPTED,
+    CHALLENGE_MAGIC,
+    NONCE_SIZE,
+    PREAMBLE_TIMEOUT,
+    PROOF_SIZE,
+    ConnectionLimits,
+    ControlAccess,
+    Peer,
+    PeerLookup,
+    default_access,
+    peer_of,
+    proof,
+)
 from .model import VMX
+from .ratelimit import RateLimitedLog
 
 MALFORMED = b"malformed packet"
 TOO_LONG = b"Message too long"
@@ -108,53 +126,163 @@ class VMXTCLOProtocol(PacketProtocol):
 
 
 class PreambleRouter(Protocol):
-    """Reads the 4-byte preamble, then hands the connection to the protocol it names."""
+    """Reads the 4-byte preamble, then hands the connection to the protocol it names.
 
-    log = Logger()
+    Before that: the peer must be under its connection limit, must name a
+    channel within `PREAMBLE_TIMEOUT` seconds, and for the control channel
+    must be allowed (its uid, or over TCP the shared secret's proof).
+    """
 
-    def __init__(self, routes: dict[StreamKind, Callable[[], IProtocol]]) -> None:
+    def __init__(self, routes: dict[StreamKind, Callable[[], IProtocol]], gate: Gate) -> None:
         self._routes = routes
-        self._buffer = b""
+        self._gate = gate
+        self._buffer = bytearray()  # at most PREAMBLE_SIZE, then PROOF_SIZE bytes
         self._next: IProtocol | None = None
+        self._peer = Peer()
+        self._counted = False
+        self._timer: IDelayedCall | None = None
+        self._nonce: bytes | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self._peer = self._gate.peer_of(self.transport)
+        if not self._gate.limits.admit(self._peer.key):
+            self._refuse("over {limit} open connections", limit=self._gate.limits.per_peer)
+            return
+        self._counted = True
+        self._timer = self._gate.clock.callLater(self._gate.preamble_timeout, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
         if self._next is not None:
             self._next.dataReceived(data)
             return
-        self._buffer += data
-        if len(self._buffer) < PREAMBLE_SIZE:
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
             return
-        head, rest = self._buffer[:PREAMBLE_SIZE], self._buffer[PREAMBLE_SIZE:]
+        wanted = PROOF_SIZE if self._nonce is not None else PREAMBLE_SIZE
+        # Bounded: only the bytes still missing are kept; the rest goes on with the route.
+        take = wanted - len(self._buffer)
+        self._buffer += data[:take]
+        rest = data[take:]
+        if len(self._buffer) < wanted:
+            return
+        head = bytes(self._buffer)
+        self._buffer.clear()
+        if self._nonce is not None:
+            self._check_proof(head, rest)
+        else:
+            self._route(head, rest)
+
+    def _route(self, head: bytes, rest: bytes) -> None:
         try:
             kind = parse_preamble(head)
         except StreamPreambleError as error:
-            self.log.warn("closing connection: {error}", error=str(error))
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._refuse("{error}", error=str(error))
             return
         factory = self._routes.get(kind)
         if factory is None:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._refuse("no {kind} channel here", kind=kind.name)
             return
+        if kind is StreamKind.CONTROL and not self._control_allowed(rest):
+            return
+        self._hand_over(factory, rest)
+
+    def _control_allowed(self, rest: bytes) -> bool:
+        """True to go on at once; False if refused, or while a TCP peer is challenged."""
+        access = self._gate.access
+        if self._peer.uid is not None:
+            if access.allows_local(self._peer):
+                return True
+            self._refuse("control channel refused: not the simulator's user, root or its group")
+            return False
+        if access.secret is None:
+            self._refuse("control channel refused: no shared secret is set for control over the network")
+            return False
+        self._nonce = self._gate.nonce()
+        self.transport.write(CHALLENGE_MAGIC + self._nonce)  # type: ignore[union-attr]
+        if rest:
+            self.dataReceived(rest)
+        return False
+
+    def _check_proof(self, answer: bytes, rest: bytes) -> None:
+        assert self._nonce is not None and self._gate.access.secret is not None
+        if not hmac.compare_digest(answer, proof(self._gate.access.secret, self._nonce)):
+            self._refuse("control channel refused: wrong shared secret")
+            return
+        self._nonce = None
+        self.transport.write(ACCEPTED)  # type: ignore[union-attr]
+        self._hand_over(self._routes[StreamKind.CONTROL], rest)
+
+    def _hand_over(self, factory: Callable[[], IProtocol], rest: bytes) -> None:
+        self._cancel_timer()
         self._next = factory()
         assert self.transport is not None
         self._next.makeConnection(self.transport)
         if rest:
             self._next.dataReceived(rest)
 
+    def _idle(self) -> None:
+        self._timer = None
+        self._refuse("no channel named within {timeout} s", timeout=self._gate.preamble_timeout)
+
+    def _refuse(self, why: str, **fields: object) -> None:
+        self._gate.log.warn("closing connection from {peer}: " + why, peer=str(self._peer), **fields)
+        self._cancel_timer()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self._gate.limits.release(self._peer.key)
         if self._next is not None:
             self._next.connectionLost(reason)
+            self._next = None  # no cycle through the transport keeps a closed channel alive
+
+
+@dataclass
+class Gate:
+    """What every new connection passes: limits, a deadline for its preamble, control access."""
+
+    clock: IReactorTime
+    access: ControlAccess
+    limits: ConnectionLimits
+    peer_of: PeerLookup = peer_of
+    preamble_timeout: float = PREAMBLE_TIMEOUT
+    nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_SIZE)
+    log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(Logger()))
 
 
 class VMXStreamFactory(Factory):
-    """The listener a guest (and `vmtools-sim` commands) connect to."""
+    """The listener a guest (and `vmtools-sim` commands) connect to.
+
+    ``access`` says who may use the control channel (default: this user and
+    root); ``peer_of`` finds who is at the other end of a transport (tests
+    give one for in-memory transports).
+    """
 
     noisy = False
 
-    def __init__(self, vmx: VMX, control: Callable[[], IProtocol] | None = None) -> None:
+    def __init__(
+        self,
+        vmx: VMX,
+        control: Callable[[], IProtocol] | None = None,
+        *,
+        access: ControlAccess | None = None,
+        limits: ConnectionLimits | None = None,
+        peer: PeerLookup = peer_of,
+        preamble_timeout: float = PREAMBLE_TIMEOUT,
+    ) -> None:
         self.vmx = vmx
         self._control = control
         self._serial = count(1)
+        self.gate = Gate(
+            vmx.clock, access or default_access(), limits or ConnectionLimits(), peer, preamble_timeout
+        )
 
     def buildProtocol(self, addr: object) -> PreambleRouter:
         serial = next(self._serial)
@@ -164,4 +292,4 @@ class VMXStreamFactory(Factory):
         }
         if self._control is not None:
             routes[StreamKind.CONTROL] = self._control
-        return PreambleRouter(routes)
+        return PreambleRouter(routes, self.gate)
