@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -228,11 +229,15 @@ def test_twistd_simulate_leaves_its_control_socket_up(socket_path: Path, tmp_pat
         stop(process)
 
 
-def test_over_tcp_on_loopback(tmp_path: Path) -> None:
+def test_over_tcp_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as probe:  # a free loopback port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     where = f"tcp:127.0.0.1:{port}"
+    # Over TCP the control channel needs the shared secret; serve and the CLI read the same file.
+    secret = tmp_path / "secret"
+    secret.write_text("correct horse battery staple\n")
+    monkeypatch.setenv("VMTOOLS_SIM_SECRET_FILE", str(secret))
     simulator = subprocess.Popen([*SIM, "serve", "--socket", where], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, cwd=REPO)
     with open(tmp_path / "guest.log", "wb") as out:
@@ -244,9 +249,35 @@ def test_over_tcp_on_loopback(tmp_path: Path) -> None:
 
         wait_for(tcp_running, "the tools to run over TCP")
         assert sim("tclo", "--socket", where, "ping").stdout == "OK \n"
+        secret.write_text("a wrong guess\n")
+        refused = sim("status", "--socket", where, check=False)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        monkeypatch.delenv("VMTOOLS_SIM_SECRET_FILE")
+        refused = sim("status", "--socket", where, check=False)
+        assert refused.returncode != 0 and "shared secret" in refused.stderr
     finally:
         stop(guest)
         stop(simulator)
+
+
+def test_serve_refuses_a_remote_address_without_allow_remote() -> None:
+    done = sim("serve", "--socket", "tcp:0.0.0.0:1", check=False)
+    assert done.returncode == 2 and "--allow-remote" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_socket_is_owner_only_even_under_umask_0(tmp_path: Path) -> None:
+    path = tmp_path / "vmx.sock"
+    old = os.umask(0)
+    try:
+        simulator = start_simulator(path)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        assert status(path)["guest.toolsRunningStatus"] == "guestToolsNotRunning"
+    finally:
+        stop(simulator)
+    wait_for(lambda: not path.exists(), "the socket to be removed")
 
 
 def test_rpctool_refuses_cleanly_outside_vmware() -> None:

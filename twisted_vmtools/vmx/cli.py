@@ -11,14 +11,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from ..tap import default_simulator_socket
-from .control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
+from .access import SecretError, group_id
+from .control import (
+    ControlClient,
+    GuestInfoGet,
+    GuestInfoSet,
+    RPCLog,
+    SendTCLO,
+    Status,
+    connect_control,
+    control_secret,
+)
 from .model import ARROWS
 from .simulator import client_description
+from .stores import GuestInfoRefused
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trap", action="store_true", help="run the command after -- as the guest, trapped")
     serve.add_argument("--low-bandwidth", action="store_true",
                        help="offer no high-bandwidth transfers: trapped guests move messages 4 bytes at a time")
+    serve.add_argument("--socket-group", metavar="GROUP",
+                       help="let this group use the socket too (mode 0660 instead of 0600)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow --socket tcp: on an address other machines can reach")
     serve.add_argument("program", nargs=argparse.REMAINDER, help="with --trap: -- CMD [ARGS...]")
 
     status = with_socket(sub.add_parser("status", help="what the VMX sees of the guest"))
@@ -77,7 +92,13 @@ def _program(args: argparse.Namespace) -> list[str]:
 async def _control(reactor: object, where: str) -> ControlClient:
     endpoint = clientFromString(reactor, client_description(where))
     try:
-        return await connectProtocol(endpoint, ControlClient())
+        secret = control_secret(where)  # over TCP: from the file VMTOOLS_SIM_SECRET_FILE names
+    except SecretError as error:
+        raise SystemExit(f"vmtools-sim: {error}") from None
+    try:
+        return await connect_control(endpoint, secret)
+    except SecretError as error:
+        raise SystemExit(f"vmtools-sim: {where}: {error}") from None
     except Exception as error:
         raise SystemExit(f"vmtools-sim: no simulator at {where}: {error}") from None
 
@@ -119,7 +140,11 @@ async def _guestinfo(reactor: object, args: argparse.Namespace) -> int:
     if args.action == "set":
         if args.value is None:
             raise SystemExit("vmtools-sim: guestinfo set needs KEY VALUE")
-        await client.callRemote(GuestInfoSet, key=args.key, value=args.value.encode())
+        try:
+            await client.callRemote(GuestInfoSet, key=args.key, value=args.value.encode())
+        except GuestInfoRefused as error:
+            print(f"vmtools-sim: {error}", file=sys.stderr)
+            return 1
         return 0
     result = await client.callRemote(GuestInfoGet, key=args.key)
     if not result["found"]:
@@ -158,8 +183,14 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
             print(f"vmtools-sim: {error}", file=sys.stderr)
             return 2
         _start_logging(True)
-        return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
-                           trap=_program(args) if args.trap else None, high_bandwidth=not args.low_bandwidth)
+        try:
+            group = group_id(args.socket_group) if args.socket_group else None
+            return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
+                               trap=_program(args) if args.trap else None, high_bandwidth=not args.low_bandwidth,
+                               socket_group=group, allow_remote=args.allow_remote)
+        except (ValueError, SecretError) as error:  # a group, address or secret file that will not do
+            print(f"vmtools-sim: {error}", file=sys.stderr)
+            return 2
     if args.command == "conformance":
         from .conformance import run_conformance
 

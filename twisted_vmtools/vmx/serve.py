@@ -38,9 +38,13 @@ async def serve(
     trap: list[str] | None = None,
     high_bandwidth: bool = True,
     timeout: float | None = None,
+    socket_group: int | None = None,
+    allow_remote: bool = False,
 ) -> int:
     vmx = VMX(reactor, ping_interval=ping_interval)
-    simulator = SimulatorService(reactor, where, vmx=vmx, trace=trace)
+    simulator = SimulatorService(
+        reactor, where, vmx=vmx, trace=trace, socket_group=socket_group, allow_remote=allow_remote
+    )
     simulator.startService()
     try:
         if trap is not None:

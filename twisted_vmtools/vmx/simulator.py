@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import stat
@@ -9,31 +10,67 @@ import stat
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from .access import SECRET_ENV, ControlAccess, load_secret
 from .control import ControlServer
 from .model import VMX, RPCRecord
+from .private_socket import PrivateUNIXServerEndpoint
 from .stream import VMXStreamFactory
 
+log = Logger()
 
-def server_endpoint(reactor: object, where: str) -> IStreamServerEndpoint:
+
+class RemoteListenError(ValueError):
+    """Listening where other machines can connect, without ``--allow-remote``."""
+
+
+def server_endpoint(
+    reactor: object, where: str, *, group: int | None = None, allow_remote: bool = False
+) -> IStreamServerEndpoint:
     """Where the simulator listens, named as the guest's ``--transport`` names it.
 
-    A path or ``unix:PATH`` is a Unix socket; ``tcp:HOST:PORT`` listens on
-    that address (the same words a client connects with, so one ``--socket``
-    value serves ``serve``, the guest and every control command).
+    A path or ``unix:PATH`` is a Unix socket, created owner-only (0600; 0660
+    for ``group``); ``tcp:HOST:PORT`` listens on that address (the same words a
+    client connects with, so one ``--socket`` value serves ``serve``, the guest
+    and every control command).  Anything but a Unix socket or loopback TCP
+    reaches other machines: refused unless ``allow_remote``.
     """
     kind, _, rest = where.partition(":")
     if not rest or kind == "unix":
-        return UNIXServerEndpoint(reactor, rest or where)  # type: ignore[arg-type]
+        return PrivateUNIXServerEndpoint(reactor, rest or where, group)  # type: ignore[arg-type]
     if kind == "tcp":
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected tcp:HOST:PORT, not {where!r}")
+        _check_remote(where, is_loopback(host), allow_remote)
         return TCP4ServerEndpoint(reactor, int(port), interface=host)  # type: ignore[arg-type]
+    _check_remote(where, False, allow_remote)
     return serverFromString(reactor, where)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _check_remote(where: str, loopback: bool, allow_remote: bool) -> None:
+    if loopback:
+        return
+    if not allow_remote:
+        raise RemoteListenError(
+            f"{where} can be reached from other machines, and a guest's channels there have no "
+            "authentication: pass --allow-remote to listen there anyway"
+        )
+    log.warn(
+        "listening at {where}: any machine that reaches it can act as this VM's guest; "
+        "the control channel needs the shared secret",
+        where=where,
+    )
 
 
 def socket_path(where: str) -> str | None:
@@ -87,15 +124,33 @@ class SimulatorService(MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorTime, where: str, *, vmx: VMX | None = None, trace: bool = False) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        where: str,
+        *,
+        vmx: VMX | None = None,
+        trace: bool = False,
+        socket_group: int | None = None,
+        allow_remote: bool = False,
+        control_secret: bytes | None = None,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.where = where
         self.vmx = vmx or VMX(reactor)
         if trace:
             self.vmx.observe(self._trace)
-        factory = VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx))
-        self.listener = StreamServerEndpointService(server_endpoint(reactor, where), factory)
+        endpoint = server_endpoint(reactor, where, group=socket_group, allow_remote=allow_remote)
+        if socket_path(where) is None:
+            control_secret = control_secret or load_secret()
+            if control_secret is None:
+                self.log.warn("no shared secret set ({env}): the control channel is closed over the network",
+                              env=SECRET_ENV)
+        access = ControlAccess(owner=os.geteuid(), group=socket_group, secret=control_secret)
+        factory = VMXStreamFactory(self.vmx, control=lambda: ControlServer(self.vmx), access=access)
+        self.listener = StreamServerEndpointService(endpoint, factory)
+        self.listener._raiseSynchronously = True  # a socket we cannot create is an error, not a log line
         self.listener.setServiceParent(self)
         self._cleaned = False
 
