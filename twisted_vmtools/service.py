@@ -14,6 +14,8 @@ from .codecs.tclo import CAPABILITIES_REGISTER
 from .guest.core import CoreFeature
 from .guest.feature import IGuestFeature, check_features, send_quietly
 from .guest.guestinfo import DEFAULT_INTERVAL, GuestInfo
+from .guest.hgfs_files import UploadJournal
+from .guest.hgfs_server import HGFSServer
 from .guest.netinfo import primary_ip as default_primary_ip
 from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
 from .guest.powerops import IPowerHandler, PowerOps
@@ -32,7 +34,7 @@ def default_features(
     guest_info_source: IGuestInfoSource | None = None,
     power_handler: IPowerHandler | None = None,
 ) -> list[IGuestFeature]:
-    """What ``twistd vmtools`` runs: the core, guest info (unless its interval is None), power operations.
+    """What ``twistd vmtools`` runs: the core, guest info (unless its interval is None), power operations, HGFS.
 
     ``power_handler`` does what OS_Halt, OS_Reboot… ask (default: vmtoolsd's
     scripts in /etc/vmware-tools and ``/sbin/shutdown``).
@@ -44,6 +46,7 @@ def default_features(
     if guest_info_interval is not None:
         features.append(GuestInfo(reactor, interval=guest_info_interval, source=guest_info_source))  # type: ignore[arg-type]
     features.append(PowerOps(power_handler or default_power_handler(reactor)))
+    features.append(HGFSServer(reactor, journal=UploadJournal.default()))  # type: ignore[arg-type]
     return features
 
 

@@ -41,8 +41,11 @@ def test_capabilities_register_announces_the_installed_features_capabilities() -
     assert status["guest.toolsVersionStatus"] == "guestToolsUnmanaged"
     capabilities = status["guest.toolsCapabilities"]
     assert isinstance(capabilities, dict)
-    # Each from the feature providing it: the core, power operations; no HGFS server is installed.
-    assert capabilities == {"guest_conf_directory": "/etc/vmware-tools", "statechange": "", "softpowerop_retry": ""}
+    # Each from the feature providing it: the core, power operations, the HGFS server.
+    assert capabilities == {
+        "guest_conf_directory": "/etc/vmware-tools", "statechange": "", "softpowerop_retry": "",
+        "hgfs_server": "toolbox 1",
+    }
 
 
 def test_set_option() -> None:

@@ -16,6 +16,7 @@ from tests.support import Harness, RecordingPowerHandler
 from twisted_vmtools.guest.core import CoreFeature
 from twisted_vmtools.guest.feature import IGuestFeature
 from twisted_vmtools.guest.guestinfo import GuestInfo
+from twisted_vmtools.guest.hgfs_server import HGFSServer
 from twisted_vmtools.guest.powerops import PowerOps
 from twisted_vmtools.protocols.rpci import RPCI
 from twisted_vmtools.protocols.tclo import AlreadyRegistered, TCLODispatcher
@@ -47,7 +48,8 @@ def test_the_documented_example_feature_plugs_in() -> None:
     assert harness.send(b"Capabilities_Register") == b"OK "
     capabilities = harness.vmx.status()["guest.toolsCapabilities"]
     assert isinstance(capabilities, dict)
-    assert list(capabilities) == ["guest_conf_directory", "statechange", "softpowerop_retry", "motd"]  # feature order
+    in_feature_order = ["guest_conf_directory", "statechange", "softpowerop_retry", "hgfs_server", "motd"]
+    assert list(capabilities) == in_feature_order
     assert capabilities["motd"] == "1"
     assert harness.send(b"Motd_Get") == b"OK hello"
     assert harness.send(b"Set_Option motd greetings") == b"OK "
@@ -63,7 +65,7 @@ def test_the_documented_example_feature_plugs_in() -> None:
 def test_the_features_are_child_services_started_after_the_channel() -> None:
     harness = Harness()
     service = harness.service
-    assert [type(f) for f in service.features] == [CoreFeature, GuestInfo, PowerOps]
+    assert [type(f) for f in service.features] == [CoreFeature, GuestInfo, PowerOps, HGFSServer]
     assert all(verifyObject(IGuestFeature, f) for f in service.features)
     assert list(service) == list(service.features)
     assert service.feature(GuestInfo) is service.guest_info

@@ -31,6 +31,7 @@ OP_NEW_HEADER = 0xFF
 HEADER_VERSION = 1
 INVALID_HANDLE = 0xFFFFFFFF
 INVALID_SESSION_ID = 0xFFFFFFFFFFFFFFFF
+UNKNOWN_SIZE = (1 << 63) - 1  # the size a virtual file (archive, process output) reports: read until empty
 SHARE = b"root"  # the one share a guest exports: "/" (hgfsPlugin.c)
 
 # V4 header flags

@@ -102,13 +102,14 @@ DELIBERATE: dict[str, Deliberate] = {
             "tools.capability.guest_conf_directory /etc/vmware-tools",
             "tools.capability.statechange",
             "tools.capability.softpowerop_retry",
+            "tools.capability.hgfs_server toolbox 1",
             "tools.set.version 2147483647",
         ]),
         "vmtoolsd reports its own version with `tools.set.versiontype 12352 4` (OVT); ours is not an "
         "open-vm-tools build, so it says `tools.set.version 2147483647`, the unmanaged marker the VMX shows as "
         "guestToolsUnmanaged. Each capability is announced by the feature that provides it, in the order the "
-        "features are installed (core, guest info, power operations); ours has no HGFS server (`hgfs_server`) "
-        "or vmbackup (`tools.capability.features 36=0`) yet.",
+        "features are installed (core, guest info, power operations, HGFS), so `hgfs_server` comes last; ours has "
+        "no vmbackup (`tools.capability.features 36=0`) yet.",
     ),
     "set-option-empty": Deliberate(
         Observation("'ERROR Unknown or invalid option'"),

@@ -1,0 +1,233 @@
+"""The VMX's HGFS client: what ESXi does to move a file for InitiateFileTransferTo/FromGuest.
+
+A V4-header session (CreateSessionV4 … DestroySessionV4), large packets where
+the channel carries them, and reads pipelined: several ReadV3 are queued at
+once so the guest always has the next one waiting (the TCLO queue still
+delivers them one at a time, but the client's round trip leaves the path).
+Data moves through callables (``write(chunk)`` for downloads, ``read(size)``
+for uploads), so a caller streams to and from files, sockets or Twisted
+consumers without holding a file in memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from ..codecs import hgfs
+from ..codecs.hgfs import AttrV2, FileNameV3, Header, Op, OpenFlags, OpenMode, Status
+from ..codecs.tclo import TCLOError, parse_reply
+
+Sender = Callable[[bytes], "Deferred[bytes]"]
+DEFAULT_PIPELINE = 4
+
+
+class HGFSClientError(Exception):
+    """The guest answered an HGFS request with an error status (or not at all as HGFS)."""
+
+    def __init__(self, op: int, status: int, path: str = "") -> None:
+        name = Status(status).name if status in Status._value2member_map_ else str(status)
+        super().__init__(f"HGFS {Op(op).name if op in Op._value2member_map_ else op}: {name} {path}".rstrip())
+        self.op = op
+        self.status = status
+        self.path = path
+
+
+def tclo_sender(send_tclo: Callable[[bytes], Deferred[bytes]]) -> Sender:
+    """Carry packets in ``f `` TCLO commands; ``send_tclo`` is e.g. ``VMX.send``."""
+
+    def send(packet: bytes) -> Deferred[bytes]:
+        return send_tclo(b"f " + packet).addCallback(_unwrap)
+
+    return send
+
+
+def _unwrap(reply: bytes) -> bytes:
+    try:
+        parsed = parse_reply(reply)
+    except TCLOError as error:
+        raise HGFSClientError(0, Status.TRANSPORT_ERROR, str(error)) from error
+    if not parsed.ok:
+        raise HGFSClientError(0, Status.TRANSPORT_ERROR, parsed.body.decode("utf-8", "replace"))
+    return parsed.body
+
+
+class HGFSClient:
+    """One HGFS session with a guest."""
+
+    def __init__(self, send: Sender, *, max_packet: int = hgfs.LARGE_PACKET_MAX, pipeline: int = DEFAULT_PIPELINE):
+        self._send = send
+        self.max_packet = max_packet
+        self.pipeline = max(1, pipeline)
+        self.session_id: int | None = None
+        self._next_id = 0x80000000  # where the VMX starts its request ids
+
+    @property
+    def io_size(self) -> int:
+        """The data one ReadV3/WriteV3 packet carries in this session."""
+        return min(hgfs.LARGE_IO_MAX, self.max_packet - hgfs.V4_HEADER_SIZE - 25)
+
+    async def request(self, op: int, message: Any, path: str = "") -> Any:
+        if self.session_id is None and op != Op.CREATE_SESSION_V4:
+            raise RuntimeError("no HGFS session: call start() first")
+        header = Header(op, self._request_id(), self.session_id if self.session_id is not None else 0)
+        reply = await self._send(hgfs.encode_request(header, message))
+        return self._decode(op, reply, path)
+
+    def _request_id(self) -> int:
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return self._next_id
+
+    def _decode(self, op: int, reply: bytes, path: str) -> Any:
+        try:
+            head, body = hgfs.decode_reply_header(reply, op)
+            if head.status != Status.SUCCESS:
+                raise HGFSClientError(op, head.status, path)
+            return hgfs.decode_reply_body(op, body)
+        except hgfs.HGFSError as error:
+            raise HGFSClientError(op, Status.PROTOCOL_ERROR, f"{path} ({error})") from error
+
+    # --- session ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        reply = await self.request(Op.CREATE_SESSION_V4, hgfs.CreateSessionRequest(self.max_packet))
+        self.session_id = reply.session_id
+        if reply.flags & hgfs.SESSION_MAXPACKETSIZE_VALID:
+            self.max_packet = min(self.max_packet, reply.max_packet_size)
+
+    async def stop(self) -> None:
+        if self.session_id is not None:
+            try:
+                await self.request(Op.DESTROY_SESSION_V4, hgfs.Reserved())
+            finally:
+                self.session_id = None
+
+    # --- single ops -------------------------------------------------------------------------------------------
+
+    async def getattr(self, path: str) -> AttrV2:
+        reply = await self.request(Op.GETATTR_V3, hgfs.NameRequest(FileNameV3(hgfs.cpname(path))), path)
+        return reply.attr  # type: ignore[no-any-return]
+
+    async def open(self, path: str, mode: int, flags: int = OpenFlags.OPEN, permissions: int | None = None) -> int:
+        mask = hgfs.OPEN_VALID_MODE | hgfs.OPEN_VALID_FLAGS | hgfs.OPEN_VALID_FILE_NAME
+        perms = (0, 0, 0, 0)
+        if permissions is not None:
+            mask |= (
+                hgfs.OPEN_VALID_SPECIAL_PERMS | hgfs.OPEN_VALID_OWNER_PERMS
+                | hgfs.OPEN_VALID_GROUP_PERMS | hgfs.OPEN_VALID_OTHER_PERMS
+            )
+            perms = ((permissions >> 9) & 7, (permissions >> 6) & 7, (permissions >> 3) & 7, permissions & 7)
+        request = hgfs.OpenRequest(FileNameV3(hgfs.cpname(path)), mode, flags, mask, *perms)
+        reply = await self.request(Op.OPEN_V3, request, path)
+        return reply.handle  # type: ignore[no-any-return]
+
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        reply = await self.request(Op.READ_V3, hgfs.ReadRequest(handle, offset, size))
+        return reply.data  # type: ignore[no-any-return]
+
+    async def write(self, handle: int, offset: int, data: bytes) -> int:
+        reply = await self.request(Op.WRITE_V3, hgfs.WriteRequest(handle, offset, data))
+        if reply.written != len(data):
+            raise HGFSClientError(Op.WRITE_V3, Status.NO_SPACE, f"short write: {reply.written} of {len(data)}")
+        return reply.written  # type: ignore[no-any-return]
+
+    async def close(self, handle: int) -> None:
+        await self.request(Op.CLOSE_V3, hgfs.CloseRequest(handle))
+
+    async def setattr(self, path: str, attr: AttrV2) -> None:
+        await self.request(Op.SETATTR_V3, hgfs.SetattrRequest(FileNameV3(hgfs.cpname(path)), attr), path)
+
+    async def listdir(self, path: str) -> list[tuple[str, AttrV2]]:
+        reply = await self.request(Op.SEARCH_OPEN_V3, hgfs.ReservedNameRequest(FileNameV3(hgfs.cpname(path))), path)
+        entries: list[tuple[str, AttrV2]] = []
+        try:
+            while True:
+                page = await self.request(Op.SEARCH_READ_V3, hgfs.SearchReadRequest(reply.handle, len(entries)))
+                if page.end:
+                    return entries
+                entry = page.entries[0]
+                entries.append((entry.name.decode("utf-8", "surrogateescape"), entry.attr))
+        finally:
+            await self.request(Op.SEARCH_CLOSE_V3, hgfs.CloseRequest(reply.handle))
+
+    # --- transfers --------------------------------------------------------------------------------------------
+
+    async def download(self, path: str, write: Callable[[bytes], object]) -> int:
+        """Stream ``path`` from the guest into ``write``; returns the byte count.
+
+        As the VMX does: Getattr, Open, reads, Close.  A regular file is read at
+        increasing offsets with ``pipeline`` reads in flight until a short read.
+        A virtual file (a directory's archive, process output) reports no size:
+        it is read one packet after the other until the guest returns nothing.
+        """
+        attr = await self.getattr(path)
+        streamed = attr.type != hgfs.FileType.REGULAR or attr.size >= hgfs.UNKNOWN_SIZE
+        handle = await self.open(path, OpenMode.READ_ONLY)
+        try:
+            return await self._read_all(handle, write, 1 if streamed else self.pipeline, streamed)
+        finally:
+            await self.close(handle)
+
+    async def _read_all(self, handle: int, write: Callable[[bytes], object], depth: int, streamed: bool) -> int:
+        size = self.io_size
+        offset = 0
+        inflight: deque[Deferred[bytes]] = deque()
+        while True:
+            while len(inflight) < depth:
+                inflight.append(ensureDeferred(self.read(handle, offset + len(inflight) * size, size)))
+            chunk = await inflight.popleft()
+            if chunk:
+                result = write(chunk)
+                if isinstance(result, Deferred):
+                    await result
+                offset += len(chunk)
+            if not chunk or (len(chunk) < size and not streamed):
+                for pending in inflight:  # reads queued past the end come back empty: wait them out
+                    await pending
+                return offset
+
+    async def upload(
+        self,
+        path: str,
+        read: Callable[[int], bytes | Awaitable[bytes]],
+        *,
+        overwrite: bool = False,
+        permissions: int | None = 0o644,
+    ) -> int:
+        """Stream ``read(n)`` (until it returns b"") into ``path`` in the guest.
+
+        Without ``overwrite`` an existing file is refused (FILE_EXISTS), checked
+        again by the guest when it moves the finished upload into place.
+        """
+        flags = OpenFlags.CREATE_EMPTY if overwrite else OpenFlags.CREATE_SAFE
+        handle = await self.open(path, OpenMode.WRITE_ONLY, flags, permissions)
+        offset = 0
+        try:
+            while True:
+                chunk = read(self.io_size)
+                if not isinstance(chunk, bytes):
+                    chunk = await chunk
+                if not chunk:
+                    break
+                await self.write(handle, offset, chunk)
+                offset += len(chunk)
+        except BaseException:
+            # Cut off: leave the handle to the session's end, which discards the upload.
+            await self.stop()
+            raise
+        await self.close(handle)
+        return offset
+
+
+async def with_session(send: Sender, work: Callable[[HGFSClient], Awaitable[Any]], **options: Any) -> Any:
+    """Run ``work`` inside one HGFS session, destroyed afterwards whatever happens."""
+    client = HGFSClient(send, **options)
+    await client.start()
+    try:
+        return await work(client)
+    finally:
+        if client.session_id is not None:
+            await client.stop()
