@@ -12,12 +12,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
-from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, proof
+from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, peer_of, proof
 from .model import VMX
+from .ratelimit import RateLimitedLog
 from .stores import GuestInfoRefused
 from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
 
@@ -104,12 +106,40 @@ class RPCLog(amp.Command):
     ]
 
 
-class ControlServer(amp.AMP):
-    """Answers control commands against one VMX."""
+MAX_BOX_BYTES = 4 << 20  # a 1 MiB value or command as BigBytes, with room; nothing legitimate is larger
+MAX_BOX_KEYS = 128
+BAD_INPUT_LOG = RateLimitedLog(Logger(namespace="twisted_vmtools.vmx.control"))
 
-    def __init__(self, vmx: VMX) -> None:
+
+class BadControlInput(Exception):
+    """A control request that does not parse: answered with an error, logged in one line."""
+
+
+class _Closed:
+    """Where answers go once the connection is gone (a late TCLO reply, say): nowhere."""
+
+    def sendBox(self, box: object) -> None:
+        raise amp.ConnectionLost()
+
+    def unhandledError(self, failure: Failure) -> None:
+        pass
+
+
+class ControlServer(amp.AMP):
+    """Answers control commands against one VMX.
+
+    Its input is bounded (a box over `MAX_BOX_BYTES` or `MAX_BOX_KEYS`
+    closes the connection), and bad input costs one log line per peer,
+    rate limited across peers, never a traceback.
+    """
+
+    def __init__(self, vmx: VMX, bad_input_log: RateLimitedLog | None = None) -> None:
         super().__init__()
         self.vmx = vmx
+        self._bad_input_log = bad_input_log or BAD_INPUT_LOG
+        self._box_bytes = 0
+        self._box_keys = 0
+        self._refused = False
 
     # AMP logs every connection; a status query is not worth two lines in the VMX's log.
     def makeConnection(self, transport: object) -> None:
@@ -117,6 +147,70 @@ class ControlServer(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         amp.BinaryBoxProtocol.connectionLost(self, reason)
+        # Drop what a half-sent box holds now, and the self-references that made every
+        # closed connection wait for a full garbage collection to give its memory back.
+        self._currentBox = None
+        self._unprocessed = b""
+        self.boxSender = _Closed()  # type: ignore[assignment]
+        self.boxReceiver = self.locator = None  # type: ignore[assignment]
+
+    # -- bounded, quiet parsing
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as error:  # whatever the parser or AMP's dispatch raise for a malformed box
+            self._refuse(f"{type(error).__name__}: {str(error)[:120]}")
+
+    def proto_init(self, string: bytes) -> str:
+        self._box_bytes = self._box_keys = 0
+        return super().proto_init(string)  # type: ignore[no-any-return]
+
+    def proto_value(self, string: bytes) -> str:
+        self._box_bytes += len(string) + len(self._currentKey or b"")
+        self._box_keys += 1
+        if self._box_bytes > MAX_BOX_BYTES or self._box_keys > MAX_BOX_KEYS:
+            self._refuse(f"AMP box over {MAX_BOX_BYTES} bytes or {MAX_BOX_KEYS} keys")
+            return "key"
+        return super().proto_value(string)  # type: ignore[no-any-return]
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self._refuse(f"AMP key of {length} bytes")
+
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[object]:
+        # A box whose arguments do not parse would otherwise be logged with a traceback.
+        def quietly(failure: Failure) -> Failure:
+            if failure.check(amp.RemoteAmpError):
+                return failure
+            self._report(f"bad {box.get(amp.COMMAND, b'?')[:40]!r} request: {failure.getErrorMessage()[:120]}")
+            return Failure(amp.RemoteAmpError(b"BAD_REQUEST", failure.getErrorMessage()[:200]))
+
+        dispatched: Deferred[object] = super().dispatchCommand(box)
+        return dispatched.addErrback(quietly)
+
+    def unhandledError(self, failure: Failure) -> None:
+        self._report(f"unhandled: {failure.getErrorMessage()[:120]}")
+
+    def _refuse(self, why: str) -> None:
+        self._refused = True
+        self.paused = True  # the string parser stops at once
+        self._currentBox = None
+        self._unprocessed = b""
+        self._report(why + "; closing")
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _report(self, why: str) -> None:
+        if getattr(self, "_reported", False):
+            return  # one line per peer
+        self._reported = True
+        try:
+            peer = str(peer_of(self.transport))
+        except OSError:
+            peer = "a closed peer"
+        self._bad_input_log.warn("control peer {peer}: {why}", peer=peer, why=why)
 
     @Status.responder
     def status(self) -> dict[str, str]:
