@@ -14,7 +14,10 @@ from .codecs.tclo import CAPABILITIES_REGISTER
 from .guest.core import CoreFeature
 from .guest.feature import IGuestFeature, check_features, send_quietly
 from .guest.guestinfo import DEFAULT_INTERVAL, GuestInfo
+from .guest.hgfs_archive import SCHEME as ARCHIVE_SCHEME
+from .guest.hgfs_archive import ArchiveHandler
 from .guest.hgfs_files import UploadJournal
+from .guest.hgfs_handlers import FileHandlerRegistry
 from .guest.hgfs_server import HGFSServer
 from .guest.netinfo import primary_ip as default_primary_ip
 from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
@@ -46,8 +49,15 @@ def default_features(
     if guest_info_interval is not None:
         features.append(GuestInfo(reactor, interval=guest_info_interval, source=guest_info_source))  # type: ignore[arg-type]
     features.append(PowerOps(power_handler or default_power_handler(reactor)))
-    features.append(HGFSServer(reactor, journal=UploadJournal.default()))  # type: ignore[arg-type]
+    features.append(HGFSServer(reactor, handlers=default_file_handlers(reactor), journal=UploadJournal.default()))  # type: ignore[arg-type]
     return features
+
+
+def default_file_handlers(reactor: object) -> FileHandlerRegistry:
+    """The HGFS server's virtual paths: directories as archives (``/archive:/…``)."""
+    registry = FileHandlerRegistry()
+    registry.register(ARCHIVE_SCHEME, ArchiveHandler(reactor))  # type: ignore[arg-type]
+    return registry
 
 
 def default_power_handler(reactor: object) -> IPowerHandler:

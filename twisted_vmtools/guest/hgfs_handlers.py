@@ -8,6 +8,7 @@ a handler explicitly with a ``/<scheme>:/`` prefix, or a handler claims it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -21,7 +22,7 @@ from .hgfs_files import IFileHandle
 class IFileHandler(Interface):
     """Serves the virtual paths it claims (or its scheme names)."""
 
-    def claims(path: str, opening: bool) -> bool:
+    def claims(path: str, query: dict[str, str], opening: bool) -> bool:
         """Whether a path without a scheme is this handler's (``opening``: OpenV3, not Getattr)."""
 
     def stat(path: str, query: dict[str, str]) -> AttrV2:
@@ -59,9 +60,12 @@ class FileHandlerRegistry:
         if first.endswith(":") and first[:-1] in self._handlers:
             bare, query = split_query("/" + rest)
             return Resolved(self._handlers[first[:-1]], bare, query)
-        bare, query = split_query(path)
+        if os.path.lexists(path):
+            bare, query = path, {}  # a real name with a '?' in it is just a name
+        else:
+            bare, query = split_query(path)
         for handler in self._handlers.values():
-            if handler.claims(bare, opening):
+            if handler.claims(bare, query, opening):
                 return Resolved(handler, bare, query)
         return None
 
