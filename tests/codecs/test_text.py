@@ -233,3 +233,27 @@ def test_command_and_port_are_the_low_halves() -> None:
 def test_registers_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Registers().ax = 1  # type: ignore[misc]
+
+
+@given(NAMES.filter(lambda n: not n.endswith(b"\0")), st.binary(max_size=40).filter(lambda b: not b.endswith(b"\0")))
+def test_rpci_request_encode_round_trips(name: bytes, args: bytes) -> None:
+    request = rpci.RPCIRequest(name, args, args)
+    assert rpci.parse_request(request.encode()) == request
+
+
+def test_every_codec_error_is_a_codec_error() -> None:
+    import importlib
+    import pkgutil
+
+    import twisted_vmtools.codecs as package
+    from twisted_vmtools.codecs.errors import CodecError
+
+    errors = []
+    for module in pkgutil.iter_modules(package.__path__):
+        loaded = importlib.import_module(f"twisted_vmtools.codecs.{module.name}")
+        errors += [
+            value for name, value in vars(loaded).items()
+            if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == loaded.__name__
+        ]
+    assert len(errors) >= 10
+    assert [e.__name__ for e in errors if not issubclass(e, CodecError)] == []

@@ -13,10 +13,12 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
+from .errors import CodecError
+
 MAX_PACKET = 1 << 20  # far above any RPC; bounds what a peer can make us buffer
 
 
-class VsockPacketError(ValueError):
+class VsockPacketError(CodecError):
     """A vsock packet or DataMap that cannot be decoded."""
 
 

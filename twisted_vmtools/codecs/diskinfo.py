@@ -15,6 +15,8 @@ import binascii
 import json
 from dataclasses import dataclass
 
+from .errors import CodecError
+
 COMMAND = b"SetGuestDiskInfo"
 VERSION = 1
 PARTITION_NAME_SIZE = 100  # guestInfo.h: char name[100], NUL included
@@ -31,7 +33,7 @@ REPORTED_FILESYSTEMS = frozenset(
 )
 
 
-class DiskInfoError(ValueError):
+class DiskInfoError(CodecError):
     """A disk report that is malformed, or a disk that does not fit the format."""
 
 

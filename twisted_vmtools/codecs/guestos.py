@@ -16,6 +16,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .errors import CodecError
+
 HEADER_VERSION = 1
 SHORT_NAME_SIZE = 129  # MAX_OS_NAME_LEN + 1
 FULL_NAME_SIZE = 513  # MAX_OS_FULLNAME_LEN + 1
@@ -32,7 +34,7 @@ DETAILED_KEYS: tuple[str, ...] = (
 _PAIR = re.compile(r"([A-Za-z]+)='((?:[^'\\]|\\.)*)'(?: |$)")
 
 
-class GuestOSError(ValueError):
+class GuestOSError(CodecError):
     """A malformed detailed-data report, or names that do not fit it."""
 
 

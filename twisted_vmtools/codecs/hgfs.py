@@ -20,6 +20,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
+from .errors import CodecError
+
 # Sizes (hgfs.h).  A VMX that negotiates it may send packets up to LARGE_PACKET_MAX.
 PACKET_MAX = 6144
 HEADER_SIZE_MAX = 2048
@@ -189,7 +191,7 @@ CREATE_DIR_VALID_FILE_NAME = 1 << 4
 NT_EPOCH_OFFSET = 116_444_736_000_000_000  # 100 ns ticks from 1601-01-01 to 1970-01-01
 
 
-class HGFSError(ValueError):
+class HGFSError(CodecError):
     """Base of every HGFS codec error."""
 
 

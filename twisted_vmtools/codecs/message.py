@@ -30,6 +30,7 @@ from .backdoor import (
     low16,
     pack16,
 )
+from .errors import CodecError
 
 PROTO_RPCI = 0x49435052  # b"RPCI" as a little-endian u32
 PROTO_TCLO = 0x4F4C4354  # b"TCLO"
@@ -61,7 +62,7 @@ class Status(enum.IntFlag):
     HB = 0x80
 
 
-class MessageChannelError(Exception):
+class MessageChannelError(CodecError):
     """A message-channel operation failed or the peer broke the protocol."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .errors import CodecError
+
 STATUS_COMMAND = b"tools.os.statechange.status"
 # What a guest with power operations announces on Capabilities_Register.
 CAPABILITIES: tuple[bytes, ...] = (b"tools.capability.statechange ", b"tools.capability.softpowerop_retry ")
@@ -20,7 +22,7 @@ SCRIPT_FAILED_TO_START = b"Error starting script"
 DEFAULT_SCRIPT_DIR = "/etc/vmware-tools"  # where vmtoolsd looks for relative script names on Linux
 
 
-class PowerOpsError(ValueError):
+class PowerOpsError(CodecError):
     """A malformed state-change report."""
 
 

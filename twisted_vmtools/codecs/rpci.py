@@ -5,17 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .datamap import MAX_PAYLOAD
+from .errors import CodecError
 
 SUCCESS_PREFIX = b"1 "
 FAILURE_PREFIX = b"0 "
 UNKNOWN_COMMAND = b"Unknown command"
+
+# Requests a guest sends and a VMX answers (the guest's core and the simulated VMX share them).
+INFO_SET = b"info-set"
+INFO_GET = b"info-get"
+LOG = b"log"
+UNIFIED_LOOP = b"vmx.capability.unified_loop"  # "<app name>": this app's TCLO loop handles everything
+SET_VERSION = b"tools.set.version"
+SET_VERSION_TYPE = b"tools.set.versiontype"
+CAPABILITY_PREFIX = b"tools.capability."
+UNMANAGED_VERSION = 2147483647  # tools.set.version's "not managed by the VMX" (vSphere: guestToolsUnmanaged)
 
 SET_INFO_SIZE_LIMIT = 1 << 20  # a VMX's tools.setInfo.sizeLimit: 1 MB per guest-set value
 # The largest guestinfo value a guest can read back: ``1 <value>`` must fit one stream packet.
 MAX_GUESTINFO_VALUE = min(SET_INFO_SIZE_LIMIT, MAX_PAYLOAD - len(SUCCESS_PREFIX))
 
 
-class RPCIFormatError(ValueError):
+class RPCIFormatError(CodecError):
     """An RPCI reply that is neither ``1 …`` nor ``0 …``, or an empty request."""
 
 
@@ -27,6 +38,16 @@ class RPCIRequest:
     name: bytes
     args: bytes = b""
     raw_args: bytes = b""
+
+    def encode(self) -> bytes:
+        """``name`` alone, or ``name <arguments>`` (``raw_args`` if set, else ``args``)."""
+        arguments = self.raw_args or self.args
+        return self.name + b" " + arguments if arguments else self.name
+
+
+def info_set(key: bytes, value: bytes) -> bytes:
+    """``info-set <key> <value>``."""
+    return RPCIRequest(INFO_SET, key + b" " + value).encode()
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import enum
 import struct
 
+from .errors import CodecError
 from .message import PROTO_RPCI, PROTO_TCLO
 
 PREAMBLE_SIZE = 4
 
 
-class StreamPreambleError(ValueError):
+class StreamPreambleError(CodecError):
     """The first four bytes of a connection name no known channel."""
 
 

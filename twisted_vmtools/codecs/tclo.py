@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import CodecError
+
 UNKNOWN_COMMAND = b"Unknown Command"
 BAD_COMMAND = b"Bad command"
 OK_PREFIX = b"OK "
@@ -27,7 +29,7 @@ def set_option(name: bytes, value: bytes) -> bytes:
     return SET_OPTION + b" " + name + b" " + value
 
 
-class TCLOError(ValueError):
+class TCLOError(CodecError):
     """A TCLO command or reply that does not follow the format."""
 
 

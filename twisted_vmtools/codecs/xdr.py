@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from .errors import CodecError
+
 T = TypeVar("T")
 
 U32_MAX = 0xFFFFFFFF
@@ -19,7 +21,7 @@ _BE32 = struct.Struct(">I")
 _BE32_SIGNED = struct.Struct(">i")
 
 
-class XDRError(ValueError):
+class XDRError(CodecError):
     """Malformed XDR, or a value that cannot be encoded as the declared type."""
 
 

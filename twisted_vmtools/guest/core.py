@@ -10,18 +10,18 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import __version__
+from ..codecs.rpci import CAPABILITY_PREFIX, LOG, SET_VERSION, UNIFIED_LOOP, UNMANAGED_VERSION, RPCIRequest, info_set
 from ..codecs.tclo import CAPABILITIES_REGISTER, PING, RESET, RESET_REPLY_PREFIX, SET_OPTION, TCLOError, parse_option
 from ..protocols.rpci import RPCI
 from ..protocols.tclo import TCLODispatcher, TCLOHandlerError
 from .feature import IGuestFeature, send_quietly
 
 APP_NAME = b"toolbox"  # what `reset` answers for the system service (vmsvc)
-UNMANAGED_VERSION = 2147483647  # tools.set.version: "not managed by the VMX"
 INVALID_OPTION = b"Unknown or invalid option"
 
 # What the core announces on Capabilities_Register; the other capabilities belong to the
 # features that provide them (hgfs_server to the HGFS server, statechange to power operations).
-CORE_CAPABILITIES: tuple[bytes, ...] = (b"tools.capability.guest_conf_directory /etc/vmware-tools",)
+CORE_CAPABILITIES: tuple[bytes, ...] = (CAPABILITY_PREFIX + b"guest_conf_directory /etc/vmware-tools",)
 
 
 def version_number(version: str) -> int:
@@ -84,17 +84,18 @@ class CoreFeature(Service):
             (b"versionNumber", str(version_number(__version__)).encode()),
             (b"buildNumber", b"0"),
         ):
-            await self._send(b"info-set guestinfo.vmtools." + key + b" " + value)
+            await self._send(info_set(b"guestinfo.vmtools." + key, value))
 
     def reset(self, args: bytes) -> bytes:
         ensureDeferred(self._after_reset())
         return RESET_REPLY_PREFIX + APP_NAME
 
     async def _after_reset(self) -> None:
-        await self._send(b"vmx.capability.unified_loop " + APP_NAME)
+        await self._send(RPCIRequest(UNIFIED_LOOP, APP_NAME).encode())
         if not self._reset_logged:
             self._reset_logged = True
-            await self._send(b"log " + APP_NAME + b": Version: twisted_vmtools " + __version__.encode())
+            version = APP_NAME + b": Version: twisted_vmtools " + __version__.encode()
+            await self._send(RPCIRequest(LOG, version).encode())
         # What vmtoolsd announces only once at start-up: a VMX that restarted, or came up
         # after the guest, would otherwise never learn it.  Every VMX sends reset first.
         await self.announce_version()
@@ -103,7 +104,7 @@ class CoreFeature(Service):
         return b""
 
     async def _announce_unmanaged(self, args: bytes) -> None:
-        await self._send(b"tools.set.version %d" % UNMANAGED_VERSION)
+        await self._send(RPCIRequest(SET_VERSION, b"%d" % UNMANAGED_VERSION).encode())
 
     async def set_option(self, args: bytes) -> bytes:
         try:
@@ -124,4 +125,4 @@ class CoreFeature(Service):
         if ip is None:
             self.log.warn("broadcastIP: this guest has no usable IPv4 address")
             return
-        await self._send(b"info-set guestinfo.ip " + ip.encode())
+        await self._send(info_set(b"guestinfo.ip", ip.encode()))

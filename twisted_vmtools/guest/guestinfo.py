@@ -11,7 +11,6 @@ has forgotten it too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import IntEnum
 from typing import Any
 
 from twisted.application.service import Service
@@ -22,6 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..codecs.diskinfo import DiskEntry, DiskInfoError, encode_disk_info
+from ..codecs.guestinfo import GuestInfoKey, binary_request, text_request
 from ..codecs.guestos import GuestOSError, encode_detailed_data
 from ..codecs.nicinfo import (
     NicInfoError,
@@ -37,36 +37,6 @@ from .feature import IGuestFeature
 from .sysinfo import IGuestInfoSource, SystemGuestInfoSource
 
 DEFAULT_INTERVAL = 30.0  # vmtoolsd's [guestinfo] poll-interval
-COMMAND = b"SetGuestInfo"
-
-
-class GuestInfoKey(IntEnum):
-    """``GuestInfoType`` (lib/include/guestInfo.h): the key after ``SetGuestInfo``."""
-
-    DNS_NAME = 1
-    IPADDRESS = 2
-    DISK_FREE_SPACE = 3
-    BUILD_NUMBER = 4
-    OS_NAME_FULL = 5
-    OS_NAME = 6
-    UPTIME = 7
-    MEMORY = 8
-    IPADDRESS_V2 = 9
-    IPADDRESS_V3 = 10
-    OS_DETAILED = 11
-
-
-def text_request(key: GuestInfoKey, value: str) -> bytes:
-    """``SetGuestInfo  <key> <value>\\0``: two spaces, and the NUL vmtoolsd sends with text."""
-    return b"%s  %d %s\0" % (COMMAND, key, value.encode("utf-8", "surrogateescape"))
-
-
-def binary_request(key: GuestInfoKey, payload: bytes) -> bytes:
-    """``SetGuestInfo  <key> <binary>``: no terminating NUL after binary data."""
-    return b"%s  %d " % (COMMAND, key) + payload
-
-
-# -- where the facts come from
 
 
 @implementer(IGuestFeature)

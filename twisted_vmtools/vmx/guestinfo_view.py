@@ -14,24 +14,17 @@ from collections.abc import Mapping
 from twisted.logger import Logger
 
 from ..codecs.diskinfo import DiskInfoError, decode_disk_info
+from ..codecs.guestinfo import GuestInfoKey
 from ..codecs.guestos import GuestOSError, decode_detailed_data
 from ..codecs.nicinfo import NicInfoError, NicInfoV3, decode_guest_nic_proto
 from .guest_report import disks, ip_stack, os_fields
 
 log = Logger()
 
-DNS_NAME = 1
-OS_NAME_FULL = 5
-OS_NAME = 6
-UPTIME = 7
-IPADDRESS_V2 = 9
-IPADDRESS_V3 = 10
-OS_DETAILED = 11
 
 NicView = dict[str, object]
 
-MAX_KEY = 63  # open-vm-tools defines keys 1 to 11; room for newer ones, and a bound on what is kept
-_UPTIME = re.compile(rb"[0-9]{1,20}\0?")  # hundredths of a second; 20 digits outlast any machine
+_UPTIME = re.compile(rb"[0-9]{1,20}")  # hundredths of a second; 20 digits outlast any machine
 _UPTIME_TEXT = re.compile(r"[0-9]{1,20}")
 
 
@@ -39,25 +32,21 @@ class BadReport(ValueError):
     """A ``SetGuestInfo`` or ``SetGuestDiskInfo`` value that does not decode: dropped, not stored."""
 
 
-def check_report(key: bytes, value: bytes) -> int:
-    """The key number of a ``SetGuestInfo`` report if its value decodes as that key's; else `BadReport`.
+def check_report(number: int, value: bytes) -> None:
+    """`BadReport` unless the value of ``SetGuestInfo`` key ``number`` decodes as that key's.
 
     Checked where the VMX receives it, so that what is stored always decodes
-    when ``status`` reads it back.
+    when ``status`` reads it back.  ``value`` is as `parse_arguments` gives it.
     """
-    if not (key.isascii() and key.isdigit() and len(key) <= 3) or not 1 <= int(key) <= MAX_KEY:
-        raise BadReport(f"unknown guest info key {key[:16]!r}")
-    number = int(key)
     try:
-        if number == UPTIME and not _UPTIME.fullmatch(value):
+        if number == GuestInfoKey.UPTIME and not _UPTIME.fullmatch(value):
             raise BadReport(f"uptime {value[:24]!r} is not a number of hundredths of a second")
-        if number in (IPADDRESS_V2, IPADDRESS_V3):
+        if number in (GuestInfoKey.IPADDRESS_V2, GuestInfoKey.IPADDRESS_V3):
             decode_stored_nic_info(value)
-        elif number == OS_DETAILED:
+        elif number == GuestInfoKey.OS_DETAILED:
             decode_detailed_data(value)
     except (NicInfoError, GuestOSError) as error:
         raise BadReport(f"guest info key {number}: {error}") from None
-    return number
 
 
 def check_disk_report(args: bytes) -> None:
@@ -130,7 +119,7 @@ def guest_fields(guest_info: Mapping[int, bytes], disk_info: bytes | None = None
     Key 10 (V3) wins over key 9, key 11 over keys 5/6; absent or undecodable values are None.
     """
     decoded: NicInfoV3 | None = None
-    for key in (IPADDRESS_V3, IPADDRESS_V2):
+    for key in (GuestInfoKey.IPADDRESS_V3, GuestInfoKey.IPADDRESS_V2):
         raw = guest_info.get(key)
         if raw is None:
             continue
@@ -140,12 +129,16 @@ def guest_fields(guest_info: Mapping[int, bytes], disk_info: bytes | None = None
             log.warn("undecodable NIC report on key {key}: {error}", key=key, error=str(error))
             continue
         break
-    uptime = _text(guest_info.get(UPTIME))
+    uptime = _text(guest_info.get(GuestInfoKey.UPTIME))
     return {
         "guest.net": nics(decoded) if decoded is not None else None,
         "guest.ipStack": ip_stack(decoded) if decoded is not None else None,
-        "guest.hostName": _text(guest_info.get(DNS_NAME)),
-        **os_fields(guest_info.get(OS_DETAILED), _text(guest_info.get(OS_NAME)), _text(guest_info.get(OS_NAME_FULL))),
+        "guest.hostName": _text(guest_info.get(GuestInfoKey.DNS_NAME)),
+        **os_fields(
+            guest_info.get(GuestInfoKey.OS_DETAILED),
+            _text(guest_info.get(GuestInfoKey.OS_NAME)),
+            _text(guest_info.get(GuestInfoKey.OS_NAME_FULL)),
+        ),
         "guest.disk": disks(disk_info),
         # The guest reports hundredths of a second.
         "guest.uptimeSeconds": int(uptime) // 100 if uptime and _UPTIME_TEXT.fullmatch(uptime) else None,

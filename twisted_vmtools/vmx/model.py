@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..codecs.rpci import UNMANAGED_VERSION
 from ..codecs.tclo import PING, TCLOError, parse_reply
 from .guestinfo_view import first_ipv4, guest_fields, ip_address_text
 from .lifecycle import MANAGED_OPTIONS, greet
@@ -190,6 +191,6 @@ def _version_status(version: int | None) -> str:
     # vSphere's names; the unmanaged marker is what open-vm-tools reports by default.
     if version is None:
         return "guestToolsNotInstalled"
-    if version == 2147483647:
+    if version == UNMANAGED_VERSION:
         return "guestToolsUnmanaged"
     return "guestToolsCurrent"

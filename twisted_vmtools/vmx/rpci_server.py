@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
+from ..codecs import diskinfo, powerops, rpci
+from ..codecs.guestinfo import COMMAND as SET_GUEST_INFO
+from ..codecs.guestinfo import GuestInfoError, parse_arguments
 from ..codecs.rpci import UNKNOWN_COMMAND, RPCIFormatError, RPCIReply, parse_request
 from .guestinfo_view import BadReport, check_disk_report, check_report
 from .ratelimit import RateLimitedLog
 from .stores import GuestInfoRefused, ToolsLog
 
 NO_VALUE = b"No value found"
-TEXT_GUEST_INFO = frozenset({1, 4, 5, 6, 7})  # host name, build, OS names, uptime
 
 RPCIHandler = Callable[[bytes], RPCIReply]
 
@@ -58,21 +60,21 @@ class RPCIServer:
         self._raw_handlers: dict[bytes, RPCIHandler] = {}
         self._prefix_handlers: list[tuple[bytes, Callable[[bytes, bytes], RPCIReply]]] = []
         for name, handler in {
-            b"info-set": self._info_set,
-            b"info-get": self._info_get,
-            b"log": self._log,
-            b"vmx.capability.unified_loop": _ok,
-            b"tools.set.version": self._set_version,
-            b"tools.set.versiontype": self._set_version_type,
-            b"SetGuestDiskInfo": self._set_disk_info,
-            b"tools.os.statechange.status": self._state_change,
+            rpci.INFO_SET: self._info_set,
+            rpci.INFO_GET: self._info_get,
+            rpci.LOG: self._log,
+            rpci.UNIFIED_LOOP: _ok,
+            rpci.SET_VERSION: self._set_version,
+            rpci.SET_VERSION_TYPE: self._set_version_type,
+            diskinfo.COMMAND: self._set_disk_info,
+            powerops.STATUS_COMMAND: self._state_change,
             b"update.tools.health": self._health,
             # Refusing keeps vmtoolsd from streaming its whole log over RPCI.
             b"guest.log.state": lambda args: RPCIReply(False, b"disabled"),
         }.items():
             self.register(name, handler)
-        self.register_prefix(b"tools.capability.", self._capability)
-        self.register(b"SetGuestInfo", self._set_guest_info, raw=True)
+        self.register_prefix(rpci.CAPABILITY_PREFIX, self._capability)
+        self.register(SET_GUEST_INFO, self._set_guest_info, raw=True)
 
     def register(self, name: bytes, handler: RPCIHandler, *, raw: bool = False) -> None:
         """Answer ``name`` with ``handler``; ``raw`` handlers get the arguments byte-exact
@@ -154,17 +156,13 @@ class RPCIServer:
         return RPCIReply(True)
 
     def _set_guest_info(self, raw_args: bytes) -> RPCIReply:
-        # "SetGuestInfo  <key> <value>": two spaces, so args start with one more.  Text
-        # values end in the sender's NUL; binary ones (XDR, structs) are length-exact.
-        key, _, value = raw_args.lstrip(b" ").partition(b" ")
         try:
-            number = check_report(key, value)
-        except BadReport as error:
+            number, value = parse_arguments(raw_args)
+            check_report(number, value)
+        except (GuestInfoError, BadReport) as error:
             # Logged and dropped here, where it is decoded: never stored where it breaks status.
             self._bad_reports.warn("dropping guest report: {error}", error=str(error))
             return RPCIReply(False, str(error).encode())
-        if number in TEXT_GUEST_INFO and value.endswith(b"\0"):
-            value = value[:-1]
         self.tools.guest_info[number] = value
         return RPCIReply(True)
 
