@@ -17,7 +17,7 @@ from twisted_vmtools.codecs.guestinfo import (
 )
 from twisted_vmtools.codecs.rpci import parse_request
 
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40)
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0"), max_size=40)
 
 
 @given(st.sampled_from(sorted(TEXT_KEYS)), TEXT)
