@@ -36,6 +36,7 @@ def default_features(
     guest_info_interval: float | None = DEFAULT_INTERVAL,
     guest_info_source: IGuestInfoSource | None = None,
     power_handler: IPowerHandler | None = None,
+    upload_journal: UploadJournal | None = None,
 ) -> list[IGuestFeature]:
     """What ``twistd vmtools`` runs: the core, guest info (unless its interval is None), power operations, HGFS.
 
@@ -49,7 +50,8 @@ def default_features(
     if guest_info_interval is not None:
         features.append(GuestInfo(reactor, interval=guest_info_interval, source=guest_info_source))  # type: ignore[arg-type]
     features.append(PowerOps(power_handler or default_power_handler(reactor)))
-    features.append(HGFSServer(reactor, handlers=default_file_handlers(reactor), journal=UploadJournal.default()))  # type: ignore[arg-type]
+    journal = upload_journal or UploadJournal.default()
+    features.append(HGFSServer(reactor, handlers=default_file_handlers(reactor), journal=journal))  # type: ignore[arg-type]
     return features
 
 
@@ -91,6 +93,7 @@ class ToolsService(MultiService):
         guest_info_interval: float | None = DEFAULT_INTERVAL,
         guest_info_source: IGuestInfoSource | None = None,
         power_handler: IPowerHandler | None = None,
+        upload_journal: UploadJournal | None = None,
         trace: bool = False,
     ) -> None:
         super().__init__()
@@ -105,6 +108,7 @@ class ToolsService(MultiService):
                 guest_info_interval=guest_info_interval,
                 guest_info_source=guest_info_source,
                 power_handler=power_handler,
+                upload_journal=upload_journal,
             )
         elif (
             primary_ip is not None

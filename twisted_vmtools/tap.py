@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from .channels.interfaces import ChannelError, IGuestChannel
 from .guest.guestinfo import DEFAULT_INTERVAL
+from .guest.hgfs_files import UploadJournal
 from .guest.netinfo import primary_ip
 from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
 from .service import ToolsService
@@ -38,6 +39,9 @@ class Options(usage.Options):
         ["guestinfo-interval", None, None,
          "seconds between NIC/IP, host name, OS and uptime reports; 0 disables (default: tools.conf, else 30)"],
         ["config", "c", None, "a tools.conf file ([guestinfo] poll-interval, exclude-nics, [powerops] scripts)"],
+        ["transfer-state", None, None,
+         "where uploads in progress are noted, so that the next start removes what an interrupted one left "
+         "(default: /var/lib/twisted_vmtools/hgfs for root, else ~/.local/state/twisted_vmtools/hgfs)"],
         *POWER_PARAMETERS,
     ]
     optFlags = [
@@ -153,5 +157,6 @@ def tools_service(reactor: object, channel: IGuestChannel, options: Options) -> 
         guest_info_interval=guest_info_interval(options["guestinfo-interval"], conf),
         guest_info_source=source,
         power_handler=power_handler(options, reactor, conf),
+        upload_journal=UploadJournal(options["transfer-state"]) if options["transfer-state"] else None,
         trace=bool(options["trace"]),
     )

@@ -27,6 +27,7 @@ from .control import (
     connect_control,
     control_secret,
 )
+from .guest_cli import add_guest_parser, run_guest
 from .model import ARROWS
 from .simulator import client_description
 from .stores import GuestInfoRefused
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     conformance = sub.add_parser("conformance", help="compare our guest tools with open-vm-tools, scenario by scenario")
     conformance.add_argument("--output", help="write the Markdown table here (docs/conformance.md)")
     conformance.add_argument("--transport", choices=["backdoor", "stream"], help="how ours reaches the VMX")
+
+    add_guest_parser(sub, with_socket)
 
     run = sub.add_parser("run", help="run a program as a trapped guest of its own VMX; exit with its code")
     run.add_argument("--trace", action="store_true")
@@ -169,6 +172,8 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         return await _guestinfo(reactor, args)
     if args.command == "log":
         return await _log(reactor, args)
+    if args.command == "guest":
+        return await run_guest(reactor, args, _control)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -1,0 +1,90 @@
+"""`vmtools-sim guest upload|download` against `twistd vmtools`, two real processes over a Unix socket."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_archive import make_tree, snapshot
+from tests.test_end_to_end import REPO, SIM, TWISTD, running, start_simulator, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+@pytest.fixture(scope="module")
+def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One simulator and one guest for the module: transfers are what is tested, not start-up."""
+    base = tmp_path_factory.mktemp("transfers")
+    socket_path = base / "vmx.sock"
+    simulator = start_simulator(socket_path)
+    with open(base / "guest.log", "wb") as out:
+        guest = subprocess.Popen(
+            [*TWISTD, "vmtools", "--transport", f"unix:{socket_path}", "--guestinfo-interval", "0",
+             "--transfer-state", str(base / "state")],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+    try:
+        wait_for(lambda: running(socket_path), "the guest tools running")
+        yield socket_path
+    finally:
+        stop(guest)
+        stop(simulator)
+
+
+def guest(
+    socket_path: Path, verb: str, *args: str, check: bool = True, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*SIM, "guest", verb, "--socket", str(socket_path), *args],
+                          capture_output=True, timeout=300, check=check, cwd=REPO, input=stdin)
+
+
+def digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 520_192 - 1, 520_192 + 1, 100 << 20])
+def test_random_file_round_trip(vmx: Path, tmp_path: Path, size: int) -> None:
+    src = tmp_path / "src.bin"
+    with open(src, "wb") as f:
+        remaining = size
+        while remaining:
+            f.write(os.urandom(min(remaining, 1 << 20)))
+            remaining -= min(remaining, 1 << 20)
+    inside = tmp_path / "in-guest.bin"
+    guest(vmx, "upload", str(src), str(inside))
+    assert digest(inside) == digest(src)
+    back = tmp_path / "back.bin"
+    guest(vmx, "download", str(inside), str(back))
+    assert digest(back) == digest(src)
+
+
+def test_overwrite_needs_force(vmx: Path, tmp_path: Path) -> None:
+    (tmp_path / "new").write_bytes(b"new")
+    (tmp_path / "old").write_bytes(b"old")
+    refused = guest(vmx, "upload", str(tmp_path / "new"), str(tmp_path / "old"), check=False)
+    assert refused.returncode == 1 and b"FILE_EXISTS" in refused.stderr
+    assert (tmp_path / "old").read_bytes() == b"old"
+    guest(vmx, "upload", "-f", str(tmp_path / "new"), str(tmp_path / "old"))
+    assert (tmp_path / "old").read_bytes() == b"new"
+    refused = guest(vmx, "download", str(tmp_path / "new"), str(tmp_path / "old"), check=False)
+    assert refused.returncode == 1 and b"-f to overwrite" in refused.stderr
+
+
+def test_directory_round_trip_and_pipes(vmx: Path, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    guest(vmx, "upload", str(tmp_path / "src"), str(tmp_path / "in-guest"))
+    assert snapshot(tmp_path / "in-guest") == snapshot(tmp_path / "src")
+    guest(vmx, "download", str(tmp_path / "in-guest"), str(tmp_path / "back"))
+    assert snapshot(tmp_path / "back") == snapshot(tmp_path / "src")
+    piped = guest(vmx, "download", str(tmp_path / "src" / "a.txt"), "-")
+    assert piped.stdout == b"alpha" and not piped.stderr  # no progress bar when piped
+    guest(vmx, "upload", "-", str(tmp_path / "from-stdin"), stdin=b"through a pipe")
+    assert (tmp_path / "from-stdin").read_bytes() == b"through a pipe"
