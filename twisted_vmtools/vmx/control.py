@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
 from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, peer_of, proof
+from .backpressure import ReadsPausedByWrites
 from .model import VMX
 from .ratelimit import RateLimitedLog
 from .stores import GuestInfoRefused
@@ -125,7 +126,7 @@ class _Closed:
         pass
 
 
-class ControlServer(amp.AMP):
+class ControlServer(amp.AMP, ReadsPausedByWrites):
     """Answers control commands against one VMX.
 
     Its input is bounded (a box over `MAX_BOX_BYTES` or `MAX_BOX_KEYS`
@@ -144,6 +145,7 @@ class ControlServer(amp.AMP):
     # AMP logs every connection; a status query is not worth two lines in the VMX's log.
     def makeConnection(self, transport: object) -> None:
         amp.BinaryBoxProtocol.makeConnection(self, transport)  # type: ignore[arg-type]
+        self.hold_reads_while_writing()  # a client that sends requests but never reads answers
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         amp.BinaryBoxProtocol.connectionLost(self, reason)
@@ -163,6 +165,16 @@ class ControlServer(amp.AMP):
             super().dataReceived(data)
         except Exception as error:  # whatever the parser or AMP's dispatch raise for a malformed box
             self._refuse(f"{type(error).__name__}: {str(error)[:120]}")
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.paused = True  # boxes already read wait in the parser's buffer (one read's worth)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if not self._refused and self.transport is not None:
+            self.paused = False
+            self.dataReceived(b"")
 
     def proto_init(self, string: bytes) -> str:
         self._box_bytes = self._box_keys = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
@@ -32,6 +33,7 @@ from .access import (
     peer_of,
     proof,
 )
+from .backpressure import ReadsPausedByWrites
 from .model import VMX
 from .ratelimit import RateLimitedLog
 
@@ -39,13 +41,43 @@ MALFORMED = b"malformed packet"
 TOO_LONG = b"Message too long"
 
 
-class VMXRPCIProtocol(PacketProtocol):
-    """Answers each RPCI request packet with one reply packet, in order."""
+class VMXRPCIProtocol(PacketProtocol, ReadsPausedByWrites):
+    """Answers each RPCI request packet with one reply packet, in order.
+
+    A guest that does not read its replies is not read from either: once the
+    transport's write buffer is full, requests already read wait (`_held`,
+    at most one read's worth) until it drains.
+    """
 
     def __init__(self, vmx: VMX, name: str) -> None:
         super().__init__()
         self.vmx = vmx
         self.name = name
+        self._held: deque[VsockPacket | VsockPacketError] = deque()
+
+    def connectionMade(self) -> None:
+        self.hold_reads_while_writing()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._held.extend(self._decoder.feed(data))
+        except VsockPacketError as error:
+            self.log.warn("closing stream: {error}", error=str(error))
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._answer_held()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self._answer_held()
+
+    def _answer_held(self) -> None:
+        while self._held and not self.writes_pending and not getattr(self.transport, "disconnecting", False):
+            item = self._held.popleft()
+            if isinstance(item, VsockPacketError):
+                self.badPacket(item)
+            else:
+                self.packetReceived(item)
 
     def packetReceived(self, packet: VsockPacket) -> None:
         if packet.type is PacketType.PING or packet.payload is None:
