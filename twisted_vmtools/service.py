@@ -18,6 +18,7 @@ from .guest.hgfs_archive import SCHEME as ARCHIVE_SCHEME
 from .guest.hgfs_archive import ArchiveHandler
 from .guest.hgfs_files import UploadJournal
 from .guest.hgfs_handlers import FileHandlerRegistry
+from .guest.hgfs_proc import IProcessTable, ProcessIOHandler, ProcFilesHandler
 from .guest.hgfs_server import HGFSServer
 from .guest.netinfo import primary_ip as default_primary_ip
 from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
@@ -55,9 +56,13 @@ def default_features(
     return features
 
 
-def default_file_handlers(reactor: object) -> FileHandlerRegistry:
-    """The HGFS server's virtual paths: directories as archives (``/archive:/…``)."""
+def default_file_handlers(reactor: object, processes: IProcessTable | None = None) -> FileHandlerRegistry:
+    """The HGFS server's virtual paths: directories as archives (``/archive:/…``), procfs files, and
+    with a process table, the ``/proc/<pid>/stdin|stdout|stderr`` of the processes it started."""
     registry = FileHandlerRegistry()
+    if processes is not None:
+        registry.register("proc", ProcessIOHandler(reactor, processes))  # type: ignore[arg-type]
+    registry.register("procfs", ProcFilesHandler())
     registry.register(ARCHIVE_SCHEME, ArchiveHandler(reactor))  # type: ignore[arg-type]
     return registry
 
