@@ -94,26 +94,3 @@ def test_a_garbled_guestinfo_ip_never_becomes_the_ip_address() -> None:
     assert harness.vmx.status()["guest.ipAddress"] == "192.0.2.44"
     assert harness.rpci(b"info-set guestinfo.ip 2001:db8::5") == b""
     assert harness.vmx.status()["guest.ipAddress"] == "2001:db8::5"
-
-
-def test_a_tclo_stream_is_refused_while_a_backdoor_guest_polls() -> None:
-    from twisted_vmtools.vmx.endpoints import TCLOEndpoint
-
-    harness = Harness()
-    harness.service.stopService()
-    backdoor = TCLOEndpoint(harness.vmx, "backdoor-tclo:1#1")  # a trapped guest's channel
-    intruder = connect_raw(harness, TCLO, like_a_guest)
-    assert intruder.lost and intruder.packets == []
-    assert backdoor.next_message() == b"reset"  # the queue is still the polling guest's
-    backdoor.closed()
-
-
-def test_the_preamble_may_come_one_byte_at_a_time() -> None:
-    harness = quiet_vmx()
-    peer = connect_raw(harness, b"")
-    for byte in RPCI:
-        peer.write(bytes([byte]))
-        harness.settle()
-    peer.send(b"info-get guestinfo.nothing")
-    harness.settle()
-    assert [p.payload for p in peer.packets] == [b"0 No value found"]

@@ -613,18 +613,25 @@ class OpenRequest:
         return cls(name, mode, flags, mask, special, owner, group, other, attr, alloc, access, share, lock)
 
     @property
-    def permissions(self) -> int | None:
-        """The POSIX mode a created file gets, if the request says (owner perms valid)."""
-        if not self.mask & OPEN_VALID_OWNER_PERMS:
-            return None
-        perms = self.owner_perms << 6
-        if self.mask & OPEN_VALID_GROUP_PERMS:
-            perms |= self.group_perms << 3
-        if self.mask & OPEN_VALID_OTHER_PERMS:
-            perms |= self.other_perms
-        if self.mask & OPEN_VALID_SPECIAL_PERMS:
-            perms |= self.special_perms << 9
-        return perms
+    def permissions(self) -> int:
+        """The mode a created file asks for (before the umask), as vmtoolsd reads it: owner rw
+        if the owner's perms are not given, and the owner's for a group or other not given."""
+        return _permissions(
+            self.mask,
+            (OPEN_VALID_SPECIAL_PERMS, OPEN_VALID_OWNER_PERMS, OPEN_VALID_GROUP_PERMS, OPEN_VALID_OTHER_PERMS),
+            (self.special_perms, self.owner_perms, self.group_perms, self.other_perms), default_owner=6,
+        )
+
+
+def _permissions(mask: int, bits: tuple[int, int, int, int], perms: tuple[int, int, int, int], *,
+                 default_owner: int) -> int:
+    special, owner, group, other = (value & 7 for value in perms)
+    mode = (special << 9) if mask & bits[0] else 0
+    owner = owner if mask & bits[1] else default_owner
+    mode |= owner << 6
+    mode |= (group if mask & bits[2] else owner) << 3
+    mode |= other if mask & bits[3] else owner
+    return mode
 
 
 @dataclass(frozen=True)
@@ -872,16 +879,14 @@ class CreateDirRequest:
 
     @property
     def permissions(self) -> int:
-        """The POSIX mode of the new directory; vmtoolsd's default when none is valid is 0777 & ~umask."""
-        mode = 0
-        for bit, perms, shift in (
-            (CREATE_DIR_VALID_SPECIAL_PERMS, self.special_perms, 9),
-            (CREATE_DIR_VALID_OWNER_PERMS, self.owner_perms, 6),
-            (CREATE_DIR_VALID_GROUP_PERMS, self.group_perms, 3),
-            (CREATE_DIR_VALID_OTHER_PERMS, self.other_perms, 0),
-        ):
-            mode |= (perms if self.mask & bit else (0 if shift == 9 else 7)) << shift
-        return mode
+        """The mode the new directory asks for (before the umask), as vmtoolsd reads it: owner rwx
+        if not given, the owner's for a group or other not given."""
+        return _permissions(
+            self.mask,
+            (CREATE_DIR_VALID_SPECIAL_PERMS, CREATE_DIR_VALID_OWNER_PERMS, CREATE_DIR_VALID_GROUP_PERMS,
+             CREATE_DIR_VALID_OTHER_PERMS),
+            (self.special_perms, self.owner_perms, self.group_perms, self.other_perms), default_owner=7,
+        )
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ class DiskFile:
 
     def __init__(self, path: str, flags: int, mode: int = 0o644) -> None:
         self.name = path
-        self.fd = os.open(path, flags | os.O_CLOEXEC, mode)
+        # Not through a symlink at the end of the path: vmtoolsd opens with O_NOFOLLOW too.
+        self.fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -135,12 +136,17 @@ def is_upload_temp(name: str) -> bool:
 class SafeUpload:
     """A file replaced as a whole: written beside the target, renamed into place on close.
 
+    A new file gets ``mode`` less the umask (as open() would give it); one that
+    replaces a file gets ``keep_mode``, the old file's.
+
     ``exclusive``: the target must not exist when the upload completes either
     (CREATE_SAFE, the no-overwrite transfer); it is linked into place, never
     over another file.
     """
 
-    def __init__(self, target: str, mode: int, *, exclusive: bool, journal: UploadJournal) -> None:
+    def __init__(
+        self, target: str, mode: int, *, exclusive: bool, journal: UploadJournal, keep_mode: int | None = None
+    ) -> None:
         self.name = target
         self.target = target
         self.exclusive = exclusive
@@ -153,8 +159,8 @@ class SafeUpload:
         except OSError:
             journal.forget(self._entry)
             raise
-        # os.open's mode is filtered by the umask; the VMX asked for these bits.
-        os.fchmod(self.fd, mode)
+        if keep_mode is not None:
+            os.fchmod(self.fd, keep_mode)  # replacing a file keeps its mode, as an O_TRUNC open would
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)

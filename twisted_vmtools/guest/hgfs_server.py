@@ -309,22 +309,20 @@ class HGFSServer(Service):
         access = _ACCESS.get(request.mode)
         if access is None or request.flags not in OpenFlags._value2member_map_:
             raise StatusError(Status.INVALID_PARAMETER, f"open mode {request.mode} flags {request.flags}")
-        perms = request.permissions if request.permissions is not None else 0o644
+        perms = request.permissions
         exists = os.path.lexists(path)
         flags = OpenFlags(request.flags)
         if flags in (OpenFlags.OPEN, OpenFlags.OPEN_EMPTY) and not exists:
             raise FileNotFoundError(errno.ENOENT, "no such file", path)
         if flags is OpenFlags.CREATE_SAFE and exists:
             raise FileExistsError(errno.EEXIST, "file exists", path)
-        replaces = flags in (OpenFlags.OPEN_EMPTY, OpenFlags.CREATE_EMPTY, OpenFlags.CREATE_SAFE) or not exists
-        if access != os.O_RDONLY and replaces:
-            if exists and os.path.isdir(path):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-            if exists:
-                perms = stat.S_IMODE(os.stat(path).st_mode) if request.permissions is None else perms
-            return SafeUpload(path, perms, exclusive=flags is OpenFlags.CREATE_SAFE, journal=self.journal)
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        replaces = flags in (OpenFlags.OPEN_EMPTY, OpenFlags.CREATE_EMPTY, OpenFlags.CREATE_SAFE) or not exists
+        if access != os.O_RDONLY and replaces:
+            keep = stat.S_IMODE(os.stat(path).st_mode) if exists else None
+            exclusive = flags is OpenFlags.CREATE_SAFE
+            return SafeUpload(path, perms, exclusive=exclusive, journal=self.journal, keep_mode=keep)
         return DiskFile(path, access, perms)
 
     def _file(self, session: Session, handle: int) -> IFileHandle:
@@ -407,8 +405,7 @@ class HGFSServer(Service):
 
     def _create_dir(self, session: Session, request: hgfs.CreateDirRequest) -> hgfs.Reserved:
         path = _path(request.name)
-        os.mkdir(path, request.permissions)
-        os.chmod(path, request.permissions)  # mkdir's mode passes through the umask
+        os.mkdir(path, request.permissions)  # less the umask, as vmtoolsd's mkdir
         return hgfs.Reserved()
 
     def _delete_file(self, session: Session, request: hgfs.NameRequest) -> hgfs.Reserved:

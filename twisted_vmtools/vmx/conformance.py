@@ -26,6 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from .conformance_hgfs import STEPS as HGFS_STEPS
+from .conformance_hgfs import run_steps
 from .model import VMX
 from .simulator import SimulatorService
 from .trapped import spawn_guest
@@ -53,6 +55,7 @@ class Scenario:
     tclo: bytes | None = None  # a TCLO command to send
     rpctool: bytes | None = None  # or an RPCI request for the rpctool
     settle: float = 0.5  # how long RPCs caused by the command may trail its reply
+    hgfs: bool = False  # one of the HGFS steps (conformance_hgfs), run in order in one session
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -72,6 +75,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("set-option-bare", "TCLO `Set_Option` (no option)", tclo=b"Set_Option"),
     Scenario("unknown-command", "TCLO `No_Such_Command`", tclo=b"No_Such_Command"),
     Scenario("guest-nics", "guest info: NICs reported (`SetGuestInfo 10`, decoded)"),
+    *(Scenario(step.name, step.what, hgfs=True) for step in HGFS_STEPS),
 )
 
 @dataclass
@@ -110,6 +114,18 @@ DELIBERATE: dict[str, Deliberate] = {
         "guestToolsUnmanaged. Each capability is announced by the feature that provides it, in the order the "
         "features are installed (core, guest info, power operations, HGFS), so `hgfs_server` comes last; ours has "
         "no vmbackup (`tools.capability.features 36=0`) yet.",
+    ),
+    "hgfs-size-beyond-data": Deliberate(
+        Observation("V4 PROTOCOL_ERROR"),
+        "a V4 header whose packetSize exceeds the bytes sent: vmtoolsd fails the header parse, is then left "
+        "without the session id and answers `STALE_SESSION`; ours answers `PROTOCOL_ERROR`, which says what is "
+        "wrong with the packet (the Go toolbox panics here).",
+    ),
+    "hgfs-legacy-garbage": Deliberate(
+        Observation("legacy PROTOCOL_ERROR"),
+        "a packet naming no HGFS op: vmtoolsd cannot build a reply (`HGFS_ERROR_INTERNAL`) and sends none, and "
+        "its TCLO channel is lost (the VMX sees the guest go and come back); ours answers an 8-byte legacy reply "
+        "with the request id and `PROTOCOL_ERROR`, so a malformed packet always gets an error status.",
     ),
     "set-option-empty": Deliberate(
         Observation("'ERROR Unknown or invalid option'"),
@@ -307,6 +323,8 @@ async def observe(reactor: Any, guest: Guest) -> dict[str, Observation]:
                     results[scenario.name] = await _tclo_scenario(reactor, vmx, scenario)
             await _wait(reactor, lambda: 10 in vmx.tools.guest_info, 15)
             results["guest-nics"] = _nics(vmx)
+            hgfs = await run_steps(lambda command: vmx.send(command, timeout=10), os.path.join(workdir, "hgfs"))
+            results.update((name, Observation(text)) for name, text in hgfs.items())
         finally:
             await guest.stop()
             await simulator.stopService()

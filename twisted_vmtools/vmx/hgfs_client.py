@@ -206,6 +206,9 @@ class HGFSClient:
         handle = await self.open(path, OpenMode.WRITE_ONLY, flags, permissions)
         offset = 0
         try:
+            if permissions is not None:
+                # The guest's umask filtered the mode at open; the VMX sets the asked-for attributes.
+                await self.setattr(path, permissions_attr(permissions))
             while True:
                 chunk = read(self.io_size)
                 if not isinstance(chunk, bytes):
@@ -220,6 +223,14 @@ class HGFSClient:
             raise
         await self.close(handle)
         return offset
+
+
+def permissions_attr(mode: int) -> AttrV2:
+    """Attributes that set exactly the POSIX permission bits ``mode``."""
+    mask = (hgfs.ATTR_VALID_SPECIAL_PERMS | hgfs.ATTR_VALID_OWNER_PERMS | hgfs.ATTR_VALID_GROUP_PERMS
+            | hgfs.ATTR_VALID_OTHER_PERMS)
+    return AttrV2(mask=mask, special_perms=(mode >> 9) & 7, owner_perms=(mode >> 6) & 7,
+                  group_perms=(mode >> 3) & 7, other_perms=mode & 7)
 
 
 async def with_session(send: Sender, work: Callable[[HGFSClient], Awaitable[Any]], **options: Any) -> Any:

@@ -111,7 +111,7 @@ class VMXTCLOProtocol(PacketProtocol):
         self.attached = False
 
     def connectionMade(self) -> None:
-        if self.vmx.tclo.pushed or self.vmx.connected_channels:  # a stream's, or a trapped guest's backdoor one
+        if self.vmx.tclo.pushed:
             self.log.warn(
                 "{name}: refused, the guest's TCLO channel {live} is live",
                 name=self.name, live=", ".join(sorted(self.vmx.connected_channels)) or "?",
