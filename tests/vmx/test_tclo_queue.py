@@ -64,3 +64,20 @@ def test_an_empty_command_never_delays_the_next_one() -> None:
     with pytest.raises(TCLORefused):
         harness.vmx.send(b"")
     assert harness.send(b"ping") == b"OK "
+
+
+@pytest.mark.parametrize(("command", "timeout"), [(b"", 5.0), (b"ping", math.nan), (b"ping", -1.0), (b"ping", 0.0)])
+def test_the_control_channel_refuses_them_with_a_clear_error(command: bytes, timeout: float) -> None:
+    from twisted.python.failure import Failure
+
+    from tests.vmx.test_control import control
+    from twisted_vmtools.vmx.control import SendTCLO
+
+    harness = Harness()
+    harness.start()
+    outcome: list[object] = []
+    control(harness).callRemote(SendTCLO, command=command, timeout=timeout).addBoth(outcome.append)
+    harness.settle()
+    assert isinstance(outcome[0], Failure) and outcome[0].check(TCLORefused)
+    assert "empty" in outcome[0].getErrorMessage() or "timeout" in outcome[0].getErrorMessage()
+    assert harness.send(b"ping") == b"OK "
