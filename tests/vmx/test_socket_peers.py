@@ -82,8 +82,8 @@ def ask_status(path: Path, uid: int) -> tuple[str, bytes]:
     os.close(writer)
     os.waitpid(child, 0)
     with os.fdopen(reader, "rb") as pipe:
-        outcome, _, data = pipe.read().partition(b"\n")
-    return outcome.decode(), data
+        word, _, answer = pipe.read().partition(b"\n")
+    return word.decode(), answer
 
 
 def test_the_owner_is_answered_another_user_cannot_connect(simulator: Path) -> None:
