@@ -123,3 +123,19 @@ def test_the_router_lets_go_of_a_closed_control_channel() -> None:
     factory.buildProtocol = keep  # type: ignore[method-assign]
     watched.peer(b"\x00\x00")
     assert routers and routers[0]._next is None
+
+
+def test_a_flood_of_malformed_packets_costs_a_few_log_lines() -> None:
+    harness = Harness()
+    harness.start()
+    before = len(everywhere)
+    rpci = connect_raw(harness, StreamKind.RPCI.preamble)
+    garbage = b"\x00\x00\x00\x08" + b"\x00\x00\x00\x09\x00\x00\x00\x01"  # a frame whose DataMap is garbage
+    for _ in range(10):
+        rpci.write(garbage * 100)
+        harness.settle()
+    assert len(rpci.packets) == 1000 and all(p.payload == b"0 malformed packet" for p in rpci.packets)
+    for _ in range(50):  # and as many refused second TCLO channels
+        connect_raw(harness, StreamKind.TCLO.preamble)
+    lines = [e for e in everywhere[before:] if str(e.get("log_namespace", "")).startswith("twisted_vmtools.vmx")]
+    assert len(lines) <= 12, [e.get("log_format") for e in lines]

@@ -38,6 +38,9 @@ from .model import VMX
 from .ratelimit import RateLimitedLog
 
 MALFORMED = b"malformed packet"
+# What a peer's bytes make the VMX say (malformed packets, refusals) is rate limited: a peer
+# that loops on bad input must not fill the log.  It is used where a Logger's warn would be.
+PEER_LOG = RateLimitedLog(Logger(namespace="twisted_vmtools.vmx.stream"))
 TOO_LONG = b"Message too long"
 
 
@@ -48,6 +51,8 @@ class VMXRPCIProtocol(PacketProtocol, ReadsPausedByWrites):
     transport's write buffer is full, requests already read wait (`_held`,
     at most one read's worth) until it drains.
     """
+
+    log = PEER_LOG  # type: ignore[assignment]
 
     def __init__(self, vmx: VMX, name: str) -> None:
         super().__init__()
@@ -103,6 +108,8 @@ class VMXTCLOProtocol(PacketProtocol):
     does not block its successor for long: a guest that stops answering is
     dropped when its command times out (the VMX pings every few seconds).
     """
+
+    log = PEER_LOG  # type: ignore[assignment]
 
     def __init__(self, vmx: VMX, name: str) -> None:
         super().__init__()
