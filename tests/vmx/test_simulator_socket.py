@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -43,3 +44,14 @@ def test_socket_names() -> None:
     assert socket_path("tcp:127.0.0.1:9999") is None
     with pytest.raises(ValueError, match="tcp:HOST:PORT"):
         server_endpoint(object(), "tcp:9999")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file another user's")
+def test_another_users_socket_is_refused_not_removed(tmp_path: Path) -> None:
+    path = tmp_path / "vmx.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as squatter:
+        squatter.bind(str(path))  # bound, never listening: what a dead socket looks like
+    os.chown(path, 65534, 65534)
+    with pytest.raises(SocketInUseError, match="belongs to uid 65534"):
+        claim_socket(str(path))
+    assert path.exists()

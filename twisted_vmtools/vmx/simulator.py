@@ -95,8 +95,12 @@ def claim_socket(where: str) -> None:
     path = socket_path(where)
     if path is None or not os.path.lexists(path):
         return
-    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+    status = os.lstat(path)
+    if not stat.S_ISSOCK(status.st_mode):
         raise SocketInUseError(f"{path} exists and is not a socket; not touching it")
+    if status.st_uid not in (os.geteuid(), 0):
+        # Someone else's socket at our path may be a squatter waiting for our clients.
+        raise SocketInUseError(f"{path} belongs to uid {status.st_uid}, not to us; not touching it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
