@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from .channels.interfaces import IGuestChannel
 from .codecs.tclo import CAPABILITIES_REGISTER
+from .guest.auth import IAuthenticator
 from .guest.core import CoreFeature
 from .guest.feature import IGuestFeature, check_features, send_quietly
 from .guest.guestinfo import DEFAULT_INTERVAL, GuestInfo
@@ -24,6 +25,7 @@ from .guest.netinfo import primary_ip as default_primary_ip
 from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
 from .guest.powerops import IPowerHandler, PowerOps
 from .guest.sysinfo import IGuestInfoSource
+from .guest.vix_feature import VixFeature
 from .protocols.rpci import RPCI
 from .protocols.tclo import TCLODispatcher
 
@@ -38,6 +40,8 @@ def default_features(
     guest_info_source: IGuestInfoSource | None = None,
     power_handler: IPowerHandler | None = None,
     upload_journal: UploadJournal | None = None,
+    guest_auth: IAuthenticator | None = None,
+    guest_operations_disabled: frozenset[str] = frozenset(),
 ) -> list[IGuestFeature]:
     """What ``twistd vmtools`` runs: the core, guest info (unless its interval is None), power operations, HGFS.
 
@@ -52,7 +56,12 @@ def default_features(
         features.append(GuestInfo(reactor, interval=guest_info_interval, source=guest_info_source))  # type: ignore[arg-type]
     features.append(PowerOps(power_handler or default_power_handler(reactor)))
     journal = upload_journal or UploadJournal.default()
-    features.append(HGFSServer(reactor, handlers=default_file_handlers(reactor), journal=journal))  # type: ignore[arg-type]
+    # Guest operations (logins checked by ``guest_auth``, PAM by default); HGFS serves the
+    # /proc/<pid>/std* of the processes they start.
+    vix = VixFeature(reactor, authenticator=guest_auth, disabled=guest_operations_disabled)
+    features.append(vix)
+    handlers = default_file_handlers(reactor, vix.processes)
+    features.append(HGFSServer(reactor, handlers=handlers, journal=journal))  # type: ignore[arg-type]
     return features
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -15,9 +16,15 @@ from .guest.guestinfo import DEFAULT_INTERVAL
 from .guest.hgfs_files import UploadJournal
 from .guest.netinfo import primary_ip
 from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
-from .service import ToolsService
+from .service import ToolsService, default_features
 from .tap_power import POWER_PARAMETERS, check_power_options, power_handler
 from .toolsconf import ToolsConf, ToolsConfError, load_tools_conf
+
+if TYPE_CHECKING:
+    from .guest.auth import IAuthenticator
+
+
+AUTH_CHOICES = ("pam", "none")
 
 
 def default_simulator_socket() -> str:
@@ -43,6 +50,9 @@ class Options(usage.Options):
          "where uploads in progress are noted, so that the next start removes what an interrupted one left "
          "(default: /var/lib/twisted_vmtools/hgfs for root, else ~/.local/state/twisted_vmtools/hgfs)"],
         *POWER_PARAMETERS,
+        ["auth", None, "pam",
+         "how guest-operation logins are checked: pam (the vmtoolsd PAM service), or none: accept ANY login "
+         "and act as this service's user (an explicit opt-in, logged as a warning)"],
     ]
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
@@ -51,6 +61,8 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["auth"] not in AUTH_CHOICES:
+            raise usage.UsageError(f"--auth must be one of {', '.join(AUTH_CHOICES)}, not {self['auth']!r}")
         self["tools-conf"] = read_tools_conf(self["config"])
         guest_info_interval(self["guestinfo-interval"], self["tools-conf"])
         check_power_options(self)
@@ -151,12 +163,35 @@ def tools_service(reactor: object, channel: IGuestChannel, options: Options) -> 
     """The guest tools as the options (and the tools.conf they name) configure them."""
     conf = options.get("tools-conf")
     source = guest_info_source(conf)
-    return ToolsService(
-        reactor, channel,
+    features = default_features(
+        reactor,
         primary_ip=primary_ip_option(options["primary-ip"], source),
         guest_info_interval=guest_info_interval(options["guestinfo-interval"], conf),
         guest_info_source=source,
         power_handler=power_handler(options, reactor, conf),
         upload_journal=UploadJournal(options["transfer-state"]) if options["transfer-state"] else None,
-        trace=bool(options["trace"]),
+        guest_auth=authenticator(reactor, options.get("auth", "pam")),
+        guest_operations_disabled=disabled_guest_operations(conf or ToolsConf()),
     )
+    return ToolsService(reactor, channel, features=features, trace=bool(options["trace"]))
+
+
+def authenticator(reactor: object, auth: str) -> IAuthenticator:
+    """``--auth``: PAM, or (``none``) any login acting as this service's user."""
+    # Imported here: vmtools-sim imports this module for its defaults and must start fast.
+    from .guest.auth import NoAuthenticator, PAMAuthenticator
+
+    return NoAuthenticator() if auth == "none" else PAMAuthenticator(reactor)
+
+
+def disabled_guest_operations(conf: ToolsConf) -> frozenset[str]:
+    """``[guestoperations] disabled`` (all of them) and ``<ApiName>.disabled`` (one), as vmtoolsd reads them."""
+    from .guest.vix_server import API_NAMES
+
+    try:
+        disabled = {name for name in set(API_NAMES.values()) if conf.get_bool("guestoperations", f"{name}.disabled")}
+        if conf.get_bool("guestoperations", "disabled"):
+            disabled.add("all")
+    except ToolsConfError as error:
+        raise usage.UsageError(str(error)) from None
+    return frozenset(disabled)
