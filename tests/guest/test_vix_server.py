@@ -236,7 +236,7 @@ def test_twistd_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from twisted.python import usage
 
     from twisted_vmtools.guest.auth import NoAuthenticator
-    from twisted_vmtools.tap import Options, disabled_guest_operations, vix_feature
+    from twisted_vmtools.tap import Options, authenticator, disabled_guest_operations
     from twisted_vmtools.toolsconf import load_tools_conf
 
     with pytest.raises(usage.UsageError):
@@ -244,10 +244,26 @@ def test_twistd_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
     options = Options()
     options.parseOptions([])
     assert options["auth"] == "pam"  # never "none" unless asked for
-    assert isinstance(vix_feature(Clock(), "pam", None).server.authenticator, PAMAuthenticator)
-    assert isinstance(vix_feature(Clock(), "none", None).server.authenticator, NoAuthenticator)
+    assert isinstance(authenticator(Clock(), "pam"), PAMAuthenticator)
+    assert isinstance(authenticator(Clock(), "none"), NoAuthenticator)
     conf = tmp_path / "tools.conf"
     conf.write_text("[guestoperations]\nStartProgramInGuest.disabled = true\n")
     assert disabled_guest_operations(load_tools_conf(str(conf))) == {"StartProgramInGuest"}
     conf.write_text("[guestoperations]\ndisabled = true\n")
     assert "all" in disabled_guest_operations(load_tools_conf(str(conf)))
+
+
+def test_default_features_serve_guest_operations_and_their_process_io() -> None:
+    from twisted_vmtools.guest.hgfs_proc import ProcessIOHandler
+    from twisted_vmtools.guest.hgfs_server import HGFSServer
+    from twisted_vmtools.guest.processes import StartRequest
+    from twisted_vmtools.service import default_features
+
+    clock = Clock()
+    features = default_features(clock, guest_info_interval=None, guest_auth=OnePassword())
+    [vix_feature] = [f for f in features if isinstance(f, VixFeature)]
+    [hgfs] = [f for f in features if isinstance(f, HGFSServer)]
+    vix_feature.processes.register("wait", lambda process: Deferred())
+    pid = vix_feature.processes.start(StartRequest("wait"), GuestUser.current()).pid
+    resolved = hgfs.handlers.resolve(f"/proc/{pid}/stdout", opening=True)
+    assert resolved is not None and isinstance(resolved.handler, ProcessIOHandler)
