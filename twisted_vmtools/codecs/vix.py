@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Self
 
+from .errors import CodecError
+
 RELAYED_COMMAND = b"Vix_1_Relayed_Command"
 GET_TOOLS_PROPERTIES = b"Vix_1_Get_ToolsProperties"
 
@@ -197,7 +199,7 @@ def code_name(code: int) -> str:
         return f"VIX error {code}"
 
 
-class VixCodecError(ValueError):
+class VixCodecError(CodecError):
     """A Vix message that cannot be decoded; ``code`` is the Vix error a guest answers with."""
 
     def __init__(self, message: str, code: int = VixCode.INVALID_MESSAGE_BODY) -> None:
