@@ -94,6 +94,7 @@ def test_mkdir(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert call(server, Op.CREATE_DIRECTORY_EX, vix.PathRequest(str(target))).error == VixCode.FILE_NOT_FOUND
     assert call(server, Op.CREATE_DIRECTORY_EX, vix.PathRequest(str(target), flag=True)).error == VixCode.OK
     assert target.is_dir() and stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700  # parents too, as vmtoolsd makes them
     assert call(server, Op.CREATE_DIRECTORY_EX, vix.PathRequest(str(target))).error == VixCode.FILE_ALREADY_EXISTS
 
 

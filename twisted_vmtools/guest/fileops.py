@@ -193,12 +193,25 @@ def create_directory(body: vix.PathRequest) -> bytes:
         raise VixOperationError(VixCode.FILE_ALREADY_EXISTS, f"{body.path} exists")
     try:
         if body.flag:
-            os.makedirs(body.path, 0o700)
-        else:
-            os.mkdir(body.path, 0o700)
+            _make_parents(body.path)
+        os.mkdir(body.path, 0o700)
     except OSError as error:
         raise _os_error(error) from None
     return b""
+
+
+def _make_parents(path: str) -> None:
+    """mkdir -p's parents, each 0700 as vmtoolsd makes them (os.makedirs would use the umask's default)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    missing = []
+    while parent and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # made meanwhile by someone else: as good
 
 
 def delete_file(body: vix.SimpleFile) -> bytes:

@@ -16,6 +16,7 @@ from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from ..tap import default_simulator_socket
+from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
 from .control import (
     ControlClient,
