@@ -99,8 +99,9 @@ def test_start_program_strings_count_their_nul() -> None:
     "mutate, code",
     [
         (lambda raw: b"\0" + raw[1:], vix.VixCode.INVALID_MESSAGE_HEADER),
-        (lambda raw: raw[:-1], vix.VixCode.INVALID_MESSAGE_HEADER),
-        (lambda raw: raw + b"x", vix.VixCode.INVALID_MESSAGE_HEADER),
+        (lambda raw: raw[:-1], vix.VixCode.INVALID_MESSAGE_BODY),
+        (lambda raw: raw[:30], vix.VixCode.INVALID_MESSAGE_BODY),
+        (lambda raw: raw[:6] + struct.pack("<I", len(raw) + 1) + raw[10:], vix.VixCode.INVALID_MESSAGE_HEADER),
         (lambda raw: raw[:4] + struct.pack("<H", 4) + raw[6:], vix.VixCode.INVALID_MESSAGE_HEADER),
         (lambda raw: raw[:20], vix.VixCode.INVALID_MESSAGE_HEADER),
     ],
@@ -110,6 +111,11 @@ def test_bad_headers(mutate: object, code: int) -> None:
     with pytest.raises(vix.VixCodecError) as caught:
         vix.decode_request(mutate(raw))  # type: ignore[operator]
     assert caught.value.code == code
+
+
+def test_bytes_beyond_the_total_are_ignored_as_vmtoolsd_ignores_them() -> None:
+    request = vix.build_request(vix.Op.LIST_FILES, vix.ListFiles("/"))
+    assert vix.decode_request(request.encode() + b"\0") == request
 
 
 def test_unknown_opcode_is_unrecognized() -> None:

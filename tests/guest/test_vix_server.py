@@ -178,7 +178,8 @@ def test_any_truncation_of_a_real_request_gets_a_vix_error(cut: int) -> None:
     raw = vix.build_request(Op.MOVE_GUEST_FILE_EX, vix.Move("/a", "/b"), LOGIN).encode()
     if cut >= len(raw):
         return
-    assert raw_call(make_server(), b'"x"\0' + raw[:cut]).error == VixCode.INVALID_MESSAGE_HEADER
+    expected = VixCode.INVALID_MESSAGE_HEADER if cut < 23 else VixCode.INVALID_MESSAGE_BODY
+    assert raw_call(make_server(), b'"x"\0' + raw[:cut]).error == expected
 
 
 def test_binary_replies_for_binary_requests() -> None:

@@ -93,7 +93,7 @@ def test_file_verbs(open_guest: Path, tmp_path: Path) -> None:
 def test_process_verbs(open_guest: Path) -> None:
     pid = int(guest(open_guest, "start", "/bin/sleep", "60").stdout)
     ps = guest(open_guest, "ps", "-p", str(pid)).stdout.splitlines()
-    assert len(ps) == 2 and str(pid) in ps[1] and "/bin/sleep 60" in ps[1] and ps[1].split()[3] == "-"
+    assert len(ps) == 2 and str(pid) in ps[1] and '"/bin/sleep" 60' in ps[1] and ps[1].split()[3] == "-"
     assert guest(open_guest, "kill", "-p", str(pid)).returncode == 0
 
     def ended() -> bool:

@@ -249,12 +249,20 @@ class Request:
         return bool(self.common_flags & CommonFlags.GUEST_RETURNS_BINARY)
 
 
+_COMMON_HEADER = struct.Struct("<IHIIIIB")
+
+
 def decode_request(data: bytes) -> Request:
-    """Check a request's header and split it into body and credential (as vmtoolsd checks them)."""
-    if len(data) < REQUEST_HEADER_SIZE:
-        raise VixHeaderError(f"Vix request of {len(data)} bytes is shorter than its {REQUEST_HEADER_SIZE}-byte header")
-    (magic, version, total, header_length, body_length, credential_length, common_flags, op, request_flags,
-     timeout, cookie, client_handle, credential_type) = _REQUEST_HEADER.unpack_from(data)
+    """Check a request's header and split it into body and credential (as vmtoolsd checks them).
+
+    A header that is wrong or disagrees with itself is INVALID_MESSAGE_HEADER;
+    a sound header with fewer bytes behind it than it announces is
+    INVALID_MESSAGE_BODY (vmtoolsd reads on past the end and fails in the
+    body); bytes beyond the announced total are ignored, as vmtoolsd ignores them.
+    """
+    if len(data) < _COMMON_HEADER_SIZE:
+        raise VixHeaderError(f"Vix request of {len(data)} bytes is shorter than the {_COMMON_HEADER_SIZE}-byte header")
+    magic, version, total, header_length, body_length, credential_length, _ = _COMMON_HEADER.unpack_from(data)
     if magic != MAGIC:
         raise VixHeaderError(f"bad Vix magic {magic:#x}")
     if version != MESSAGE_VERSION:
@@ -263,12 +271,15 @@ def decode_request(data: bytes) -> Request:
         raise VixHeaderError(f"Vix request header length {header_length}, expected {REQUEST_HEADER_SIZE}")
     if total > MAX_MESSAGE:
         raise VixHeaderError(f"Vix message of {total} bytes is over the {MAX_MESSAGE}-byte limit")
+    request_flags = struct.unpack_from("<I", data, 27)[0] if len(data) >= 31 else 0
     auth_length = AUTH_DATA_V1_SIZE if request_flags & RequestFlags.INCLUDES_AUTH_DATA_V1 else 0
     expected = header_length + body_length + credential_length + auth_length
-    if total != expected or len(data) != total:
-        raise VixHeaderError(
-            f"Vix lengths disagree: total {total}, parts {expected}, received {len(data)}"
-        )
+    if total != expected:
+        raise VixHeaderError(f"Vix lengths disagree: total {total}, parts {expected}")
+    if len(data) < total:
+        raise VixCodecError(f"Vix request announces {total} bytes, {len(data)} arrived", VixCode.INVALID_MESSAGE_BODY)
+    (_, _, _, _, _, _, common_flags, op, request_flags, timeout, cookie, client_handle,
+     credential_type) = _REQUEST_HEADER.unpack_from(data)
     body_end = header_length + body_length
     credential_end = body_end + credential_length
     return Request(

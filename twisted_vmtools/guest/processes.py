@@ -280,9 +280,9 @@ class ProcessManager:
         cwd = request.working_directory or user.home
         self._check_program(request, user, cwd)
         command_line = shlex.quote(request.program_path) + (f" {request.arguments}" if request.arguments else "")
-        record = ManagedProcess(0, os.path.basename(request.program_path),
-                                request.program_path + (f" {request.arguments}" if request.arguments else ""),
-                                user.name, int(self.now()))
+        # ListProcessesEx shows a started program as vmtoolsd does: the path quoted, then the arguments.
+        shown = f'"{request.program_path}"' + (f" {request.arguments}" if request.arguments else "")
+        record = ManagedProcess(0, os.path.basename(request.program_path), shown, user.name, int(self.now()))
         identity = {} if user.is_service_user else {"uid": user.uid, "gid": user.gid}
         devnull = os.open(os.devnull, os.O_RDWR)
         try:

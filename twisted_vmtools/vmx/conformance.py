@@ -28,6 +28,9 @@ from twisted.logger import Logger
 
 from .conformance_hgfs import STEPS as HGFS_STEPS
 from .conformance_hgfs import run_steps
+from .conformance_vix import STEPS as VIX_STEPS
+from .conformance_vix import Account, test_account
+from .conformance_vix import run_steps as run_vix_steps
 from .model import VMX
 from .simulator import SimulatorService
 from .trapped import spawn_guest
@@ -56,6 +59,7 @@ class Scenario:
     rpctool: bytes | None = None  # or an RPCI request for the rpctool
     settle: float = 0.5  # how long RPCs caused by the command may trail its reply
     hgfs: bool = False  # one of the HGFS steps (conformance_hgfs), run in order in one session
+    vix: bool = False  # one of the Vix steps (conformance_vix), run in order as a test account
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -76,6 +80,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("unknown-command", "TCLO `No_Such_Command`", tclo=b"No_Such_Command"),
     Scenario("guest-nics", "guest info: NICs reported (`SetGuestInfo 10`, decoded)"),
     *(Scenario(step.name, step.what, hgfs=True) for step in HGFS_STEPS),
+    *(Scenario(step.name, step.what, vix=True) for step in VIX_STEPS),
 )
 
 @dataclass
@@ -126,6 +131,12 @@ DELIBERATE: dict[str, Deliberate] = {
         "a packet naming no HGFS op: vmtoolsd cannot build a reply (`HGFS_ERROR_INTERNAL`) and sends none, and "
         "its TCLO channel is lost (the VMX sees the guest go and come back); ours answers an 8-byte legacy reply "
         "with the request id and `PROTOCOL_ERROR`, so a malformed packet always gets an error status.",
+    ),
+    "vix-kill": Deliberate(
+        Observation("OK, then listed as ended with exit -1"),
+        "a program ended by TerminateProcess (SIGTERM) has no exit status: vmtoolsd lists it with exit code 0, "
+        "which reads as success; ours lists -1, so `guest run` and vSphere clients can tell a killed program from "
+        "one that succeeded.",
     ),
     "set-option-empty": Deliberate(
         Observation("'ERROR Unknown or invalid option'"),
@@ -302,8 +313,8 @@ def _nics(vmx: VMX) -> Observation:
     return Observation("; ".join(sorted(shown)))
 
 
-async def observe(reactor: Any, guest: Guest) -> dict[str, Observation]:
-    """Run every scenario against ``guest`` and its own fresh VMX."""
+async def observe(reactor: Any, guest: Guest, account: Account | None = None) -> dict[str, Observation]:
+    """Run every scenario against ``guest`` and its own fresh VMX (the Vix ones as ``account``)."""
     with tempfile.TemporaryDirectory(prefix="vmtools-conformance-") as workdir:
         where = os.path.join(workdir, "vmx.sock")
         vmx = VMX(reactor, ping_interval=60)
@@ -325,6 +336,9 @@ async def observe(reactor: Any, guest: Guest) -> dict[str, Observation]:
             results["guest-nics"] = _nics(vmx)
             hgfs = await run_steps(lambda command: vmx.send(command, timeout=10), os.path.join(workdir, "hgfs"))
             results.update((name, Observation(text)) for name, text in hgfs.items())
+            vix = await run_vix_steps(lambda command: vmx.send(command, timeout=30), os.path.join(workdir, "vix"),
+                                      account, reactor)
+            results.update((name, Observation(text)) for name, text in vix.items())
         finally:
             await guest.stop()
             await simulator.stopService()
@@ -368,7 +382,9 @@ def markdown(comparisons: list[Comparison], ours_transport: str) -> str:
         "Each scenario runs against open-vm-tools' `vmtoolsd -n vmsvc` and `vmware-rpctool` (Debian's "
         "binaries, unmodified, under the trap engine) and against ours (`twistd vmtools` and `vmtools-rpctool`, "
         f"transport: {ours_transport}), each with a fresh simulated VMX. Uptimes and version strings are "
-        "normalised before comparing.",
+        "normalised before comparing. The Vix guest operations log in as a real unprivileged account made for "
+        "the run (vmtoolsd checks it through PAM with `useVGAuth = false`; ours through PAM too) and act on a "
+        "tree made for the run; pids, times and temporary names' digits are normalised.",
         "",
         "| scenario | vmtoolsd | twisted_vmtools | verdict |",
         "|---|---|---|---|",
@@ -394,8 +410,9 @@ async def run_conformance(reactor: Any, output: str | None, transport: str | Non
         print("vmtools-sim conformance: open-vm-tools is not installed (apt-get install open-vm-tools)")
         return 2
     transport = transport or our_default_transport()
-    theirs = await observe(reactor, Vmtoolsd())
-    ours = await observe(reactor, Ours(transport))
+    with test_account() as account:
+        theirs = await observe(reactor, Vmtoolsd(), account)
+        ours = await observe(reactor, Ours(transport), account)
     comparisons = compare(theirs, ours)
     document = markdown(comparisons, transport)
     if output:
