@@ -171,3 +171,15 @@ async def test_the_environment_is_clean(tmp_path: Path) -> None:
     names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
     assert {"HOME", "USER", "PATH"} <= names and "VIX_TEST_LEAK" not in names
     assert sys.executable  # the service's own environment stays as it was
+
+
+def test_a_working_directory_the_user_may_not_enter_is_refused(tmp_path: Path) -> None:
+    # Twisted enters the directory before dropping to the user: the manager checks it as the user.
+    locked = tmp_path / "locked"
+    (locked / "inner").mkdir(parents=True)
+    locked.chmod(0o700)
+    stranger = GuestUser("stranger", 54321, 54321, (54321,), "/", "/bin/sh")
+    manager = ProcessManager(Clock())
+    with pytest.raises(VixOperationError) as caught:
+        manager.start(StartRequest("/bin/true", working_directory=str(locked / "inner")), stranger)
+    assert caught.value.code == VixCode.FILE_ACCESS_ERROR

@@ -108,6 +108,24 @@ def test_process_verbs(open_guest: Path) -> None:
     assert env == [f"HOME={me.pw_dir}", f"USER={me.pw_name}"]
 
 
+def test_listing_5000_entries_over_the_socket(open_guest: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(5000):
+        (big / f"entry-{i:05d}").touch()
+    names = guest(open_guest, "ls", "-s", str(big)).stdout.split()
+    assert names == [".", ".."] + [f"entry-{i:05d}" for i in range(5000)]
+
+
+def test_malformed_requests_get_vix_errors_and_the_guest_goes_on(open_guest: Path, tmp_path: Path) -> None:
+    for command, reply in [('Vix_1_Relayed_Command "x"', "OK 10000 0 "),
+                           ("Vix_1_Relayed_Command", "OK 10000 0 ")]:
+        done = subprocess.run([*SIM, "tclo", "--socket", str(open_guest), command], capture_output=True,
+                              timeout=60, cwd=REPO)
+        assert done.stdout.rstrip(b"\n").rstrip(b"\0").decode() == reply
+    assert guest(open_guest, "mkdir", str(tmp_path / "after")).returncode == 0 and (tmp_path / "after").is_dir()
+
+
 def test_no_login_is_refused_before_anything(open_guest: Path) -> None:
     done = subprocess.run([*SIM, "guest", "mkdir", "--socket", str(open_guest), "/tmp/never"],
                           capture_output=True, text=True, timeout=60, cwd=REPO,
@@ -156,6 +174,11 @@ def test_an_unprivileged_account(pam_guest: Path, account: tuple[str, str], shar
     ran = guest(pam_guest, "run", "/bin/sh", "-c", "id -u; id -g; pwd; echo $HOME", login=login)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == [str(entry.pw_uid), str(entry.pw_gid), entry.pw_dir, entry.pw_dir]
+    hidden = shared / "root-only-dir" / "inside"
+    hidden.mkdir(parents=True)
+    hidden.parent.chmod(0o700)
+    refused_cwd = guest(pam_guest, "run", "-C", str(hidden), "/bin/ls", login=login)
+    assert refused_cwd.returncode == 1 and "CannotAccessFile" in refused_cwd.stderr
     protected = shared / "root-only"
     protected.mkdir(mode=0o755)
     victim = protected / "file"

@@ -11,10 +11,12 @@ exits, as vmtoolsd keeps them; `list` shows the guest's other processes too.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import shlex
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -275,6 +277,8 @@ class ProcessManager:
             raise VixOperationError(VixCode.GUEST_USER_PERMISSIONS, f"{user.name} may not execute {path!r}")
         if not os.path.isdir(cwd):
             raise VixOperationError(VixCode.NOT_A_DIRECTORY, f"working directory {cwd!r} is not a directory")
+        if not _may_enter(cwd, user):
+            raise VixOperationError(VixCode.FILE_ACCESS_ERROR, f"{user.name} may not enter {cwd!r}", errno.EACCES)
 
     def _spawn(self, request: StartRequest, user: GuestUser) -> ManagedProcess:
         cwd = request.working_directory or user.home
@@ -428,18 +432,40 @@ def _kill_if_same(pid: int, created: float) -> None:
         pass
 
 
+def _allowed(st: os.stat_result, user: GuestUser, bits: int) -> bool:
+    """Whether ``user`` has ``bits`` (r=4, w=2, x=1) on a file with ``st``, by the owner/group/other rule."""
+    if user.uid == 0:
+        return not bits & 1 or bool(st.st_mode & 0o111) or stat.S_ISDIR(st.st_mode)
+    if st.st_uid == user.uid:
+        return (st.st_mode >> 6) & bits == bits
+    if st.st_gid in user.groups:
+        return (st.st_mode >> 3) & bits == bits
+    return st.st_mode & bits == bits
+
+
 def _may_execute(path: str, user: GuestUser) -> bool:
     try:
-        st = os.stat(path)
+        return _allowed(os.stat(path), user, 1)
     except OSError:
         return False
-    if user.uid == 0:
-        return bool(st.st_mode & 0o111)
-    if st.st_uid == user.uid:
-        return bool(st.st_mode & 0o100)
-    if st.st_gid in user.groups:
-        return bool(st.st_mode & 0o010)
-    return bool(st.st_mode & 0o001)
+
+
+def _may_enter(path: str, user: GuestUser) -> bool:
+    """Whether ``user`` could chdir to ``path``: search permission on it and every directory above.
+
+    Twisted changes directory before it drops to the user, so this is checked here, as the user.
+    """
+    current = os.path.realpath(path)
+    while True:
+        try:
+            if not _allowed(os.stat(current), user, 1):
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
 
 
 def _system_processes(wanted: set[int]) -> list[ProcessInfo]:
