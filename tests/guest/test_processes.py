@@ -51,7 +51,7 @@ def test_python_function_as_a_process() -> None:
     ended = result_of(record.when_ended())
     assert (ended.exit_code, ended.end_time, ended.start_time) == (7, 1005, 1000)
     assert record.io.stdout.read() == b"HELLO WORLD!" and record.io.stderr.read() == b"done"
-    info = manager.list((record.pid,))
+    info = result_of(manager.list((record.pid,)))
     assert [(i.pid, i.cmd, i.name, i.exit_code, i.end_time) for i in info] == [
         (record.pid, "shout", "shout !", 7, 1005)]
     clock.advance(REAP_AFTER)
@@ -127,9 +127,9 @@ def test_kill_refusals() -> None:
 
 def test_lists_other_guest_processes() -> None:
     manager = ProcessManager(Clock())
-    [me] = manager.list((os.getpid(),))
+    [me] = result_of(manager.list((os.getpid(),)))
     assert me.pid == os.getpid() and "python" in (me.cmd or "").lower() and me.owner == ME.name
-    assert len(manager.list()) > 1
+    assert len(result_of(manager.list())) > 1
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ async def test_program_exit_code_and_end_time(tmp_path: Path) -> None:
     await record.when_ended()
     assert record.exit_code == 3 and record.end_time is not None
     assert marker.read_text().split() == [str(tmp_path), "bar"]
-    [info] = manager.list((record.pid,))
+    [info] = await manager.list((record.pid,))
     assert (info.exit_code, info.cmd) == (3, "sh")
 
 

@@ -25,6 +25,7 @@ import psutil
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -250,15 +251,20 @@ class ProcessManager:
     def started(self) -> list[ManagedProcess]:
         return list(self._processes.values())
 
-    def list(self, pids: tuple[int, ...] = ()) -> list[ProcessInfo]:
-        """Ours (with exit code and end time) and the guest's others; only ``pids`` if given."""
+    def list(self, pids: tuple[int, ...] = ()) -> Deferred[list[ProcessInfo]]:
+        """Ours (with exit code and end time) and the guest's others; only ``pids`` if given.
+
+        Reading /proc for hundreds of processes takes tens of milliseconds:
+        with a real reactor it happens in its thread pool.
+        """
         ours = {p.pid: p.info() for p in self._processes.values()}
         wanted = set(pids)
-        infos = [info for pid, info in ours.items() if not wanted or pid in wanted]
-        for proc in _system_processes(wanted):
-            if proc.pid not in ours:
-                infos.append(proc)
-        return sorted(infos, key=lambda info: info.pid)
+        pool = getattr(self.reactor, "getThreadPool", None)
+        if pool is None:  # a Clock in tests: read in place
+            reading: Deferred[list[ProcessInfo]] = maybeDeferred(_system_processes, wanted)
+        else:
+            reading = deferToThreadPool(self.reactor, pool(), _system_processes, wanted)  # type: ignore[arg-type]
+        return reading.addCallback(lambda others: _merged(ours, wanted, others))
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -400,6 +406,12 @@ class ProcessManager:
             if reaper.active():
                 reaper.cancel()
         self._reapers.clear()
+
+
+def _merged(ours: dict[int, ProcessInfo], wanted: set[int], others: list[ProcessInfo]) -> list[ProcessInfo]:
+    infos = [info for pid, info in ours.items() if not wanted or pid in wanted]
+    infos += [proc for proc in others if proc.pid not in ours]
+    return sorted(infos, key=lambda info: info.pid)
 
 
 def _call(function: PythonFunction, context: PythonProcess) -> object:

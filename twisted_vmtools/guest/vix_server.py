@@ -157,6 +157,8 @@ class VixCommandServer:
             return (await result) if isinstance(result, Deferred) else result
         if op in FILE_OPS:
             return await self.files.run(op, body, user)
+        if isinstance(body, vix.ListProcesses):
+            return await self._list_processes(body)
         return self._process_op(op, body, user)
 
     def _check_enabled(self, op: int) -> None:
@@ -171,8 +173,6 @@ class VixCommandServer:
     def _process_op(self, op: int, body: vix.Body, user: GuestUser) -> bytes:
         if isinstance(body, vix.StartProgram):
             return self._start_program(body, user)
-        if isinstance(body, vix.ListProcesses):
-            return self._list_processes(body)
         if isinstance(body, vix.KillProcess):
             self.processes.kill(body.pid, user)
             return b""
@@ -200,10 +200,10 @@ class VixCommandServer:
 
     # -- process listings, paged when they outgrow one reply ------------------------------------------
 
-    def _list_processes(self, body: vix.ListProcesses) -> bytes:
+    async def _list_processes(self, body: vix.ListProcesses) -> bytes:
         if body.key:
             return self._next_page(body.key, body.offset)
-        text = "".join(p.encode() for p in self.processes.list(body.pids)).encode("utf-8")
+        text = "".join(p.encode() for p in await self.processes.list(body.pids)).encode("utf-8")
         if len(text) <= self.max_result:
             return text
         key = self._next_key
