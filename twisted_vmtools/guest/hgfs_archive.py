@@ -121,7 +121,7 @@ class _Pipe:
         self._size = 0
         self._closed = False
         self._lock = threading.Condition()
-        self._waiting: Deferred[None] | None = None
+        self._waiting: list[Deferred[None]] = []
 
     def feed(self, data: bytes) -> Deferred[None] | None:
         with self._lock:
@@ -130,13 +130,18 @@ class _Pipe:
             self._lock.notify()
             if self._size <= self.limit:
                 return None
-            self._waiting = Deferred()
-            return self._waiting
+            waiting: Deferred[None] = Deferred()
+            self._waiting.append(waiting)
+            return waiting
 
     def finish(self) -> None:
+        """In the reactor: no more data; writers still waiting go on (nothing will drain for them)."""
         with self._lock:
             self._closed = True
             self._lock.notify()
+            waiting, self._waiting = self._waiting, []
+        for writer in waiting:
+            writer.callback(None)
 
     def read(self, size: int = -1) -> bytes:
         """In the thread: up to ``size`` bytes, blocking until some arrive; b"" at the end."""
@@ -150,9 +155,10 @@ class _Pipe:
                 self._chunks.appendleft(chunk[size:])
                 chunk = chunk[:size]
             self._size -= len(chunk)
-            if self._waiting is not None and self._size <= self.limit // 2:
-                waiting, self._waiting = self._waiting, None
-                self.reactor.callFromThread(waiting.callback, None)
+            if self._waiting and self._size <= self.limit // 2:
+                waiting, self._waiting = self._waiting, []
+                for writer in waiting:
+                    self.reactor.callFromThread(writer.callback, None)
             return chunk
 
     def drain(self) -> None:

@@ -205,6 +205,7 @@ class HGFSClient:
         flags = OpenFlags.CREATE_EMPTY if overwrite else OpenFlags.CREATE_SAFE
         handle = await self.open(path, OpenMode.WRITE_ONLY, flags, permissions)
         offset = 0
+        inflight: deque[Deferred[int]] = deque()
         try:
             if permissions is not None:
                 # The guest's umask filtered the mode at open; the VMX sets the asked-for attributes.
@@ -215,9 +216,16 @@ class HGFSClient:
                     chunk = await chunk
                 if not chunk:
                     break
-                await self.write(handle, offset, chunk)
+                # Writes are pipelined too: the guest finds the next one queued when it answers.
+                inflight.append(ensureDeferred(self.write(handle, offset, chunk)))
                 offset += len(chunk)
+                if len(inflight) >= self.pipeline:
+                    await inflight.popleft()
+            while inflight:
+                await inflight.popleft()
         except BaseException:
+            for pending in inflight:
+                pending.addErrback(lambda _: None)  # the first failure is the one raised
             # Cut off: leave the handle to the session's end, which discards the upload.
             await self.stop()
             raise
