@@ -128,3 +128,31 @@ def test_procfs_file_reports_unknown_size_and_reads_whole(tmp_path: Path) -> Non
     parts: list[bytes] = []
     result_of(settle(clock, client.download("/proc/self/status", parts.append)))
     assert b"".join(parts).startswith(b"Name:")
+
+
+def test_stdin_to_stdout_through_the_process_managers_python_function(tmp_path: Path) -> None:
+    """The same, with the Vix process manager's own Python function processes."""
+    from twisted_vmtools.guest.accounts import GuestUser
+    from twisted_vmtools.guest.processes import ProcessManager, PythonProcess, StartRequest
+
+    clock = Clock()
+    manager = ProcessManager(clock, now=clock.seconds)
+
+    async def shout(process: PythonProcess) -> int:
+        data = await process.stdin.read()
+        process.stdout.write(data.upper())
+        return 0
+
+    manager.register("shout", shout)
+    record = manager.start(StartRequest("shout"), GuestUser.current())
+    server = HGFSServer(clock, handlers=default_file_handlers(clock, manager))
+    client = HGFSClient(lambda p: maybeDeferred(server.packet, p))  # type: ignore[call-overload]
+    result_of(ensureDeferred(client.start()))
+    data = os.urandom(200_000).hex().encode()
+    feed = iter([data[i : i + 100_000] for i in range(0, len(data), 100_000)])
+    stdin = f"/proc/{record.pid}/stdin"
+    result_of(settle(clock, client.upload(stdin, lambda n: next(feed, b""), overwrite=True)))
+    parts: list[bytes] = []
+    result_of(settle(clock, client.download(f"/proc/{record.pid}/stdout", parts.append)))
+    assert b"".join(parts) == data.upper()
+    assert record.exit_code == 0
