@@ -183,3 +183,11 @@ def test_a_working_directory_the_user_may_not_enter_is_refused(tmp_path: Path) -
     with pytest.raises(VixOperationError) as caught:
         manager.start(StartRequest("/bin/true", working_directory=str(locked / "inner")), stranger)
     assert caught.value.code == VixCode.FILE_ACCESS_ERROR
+
+
+def test_another_user_needs_a_root_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    stranger = GuestUser("stranger", 54321, 54321, (54321,), "/", "/bin/sh")
+    with pytest.raises(VixOperationError) as caught:
+        ProcessManager(Clock()).start(StartRequest("/bin/true"), stranger)
+    assert caught.value.code == VixCode.GUEST_USER_PERMISSIONS

@@ -276,6 +276,9 @@ class ProcessManager:
         return self._spawn(request, user)
 
     def _check_program(self, request: StartRequest, user: GuestUser, cwd: str) -> None:
+        if not user.is_service_user and os.geteuid() != 0:
+            raise VixOperationError(VixCode.GUEST_USER_PERMISSIONS,
+                                    f"the tools do not run as root: cannot start programs as {user.name}")
         path = request.program_path
         if not os.path.isabs(path) or not os.path.exists(path):
             raise VixOperationError(VixCode.FILE_NOT_FOUND, f"no program {path!r}")
