@@ -42,8 +42,10 @@ class BigBytes(amp.Argument):
             strings[name + b".%d" % index] = chunk
 
     def fromBox(self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object) -> None:
-        count = int(strings.pop(name))
-        objects[name.decode("ascii")] = b"".join(strings.pop(name + b".%d" % i) for i in range(count))
+        count = strings.pop(name)
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{name.decode('ascii')} is not split into 1 or more chunks: {count[:20]!r}")
+        objects[name.decode("ascii")] = b"".join(strings.pop(name + b".%d" % i) for i in range(int(count)))
 
 
 class BigText(BigBytes):
@@ -63,22 +65,49 @@ class BigText(BigBytes):
         objects[key] = value.decode("utf-8")
 
 
-class Status(amp.Command):
+BAD_ARGUMENTS = b"BAD_ARGUMENTS"
+
+
+class ControlArgumentError(amp.RemoteAmpError):
+    """A control command whose arguments do not parse.  The peer gets this
+    one sentence (error code BAD_ARGUMENTS) and the connection stays up,
+    where AMP would log a traceback, answer "Unknown Error" and hang up."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(BAD_ARGUMENTS, description)
+
+
+class ControlCommand(amp.Command):
+    """A control command: malformed arguments raise `ControlArgumentError`."""
+
+    @classmethod
+    def parseArguments(cls, box: amp.AmpBox, protocol: object) -> dict[str, object]:  # noqa: N802
+        try:
+            return super().parseArguments(box, protocol)  # type: ignore[no-any-return]
+        except KeyError as error:
+            key = error.args[0] if error.args else b"?"
+            name = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+            raise ControlArgumentError(f"{cls.__name__}: missing argument {name}") from None
+        except (ValueError, TypeError, OverflowError) as error:
+            raise ControlArgumentError(f"{cls.__name__}: malformed argument: {error}") from None
+
+
+class Status(ControlCommand):
     response = [(b"status", BigText())]
 
 
-class SendTCLO(amp.Command):
+class SendTCLO(ControlCommand):
     arguments = [(b"command", BigBytes()), (b"timeout", amp.Float())]
     response = [(b"reply", BigBytes())]
     errors = {TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE", TCLORefused: b"TCLO_REFUSED"}
 
 
-class GuestInfoGet(amp.Command):
+class GuestInfoGet(ControlCommand):
     arguments = [(b"key", amp.Unicode())]
     response = [(b"found", amp.Boolean()), (b"value", BigBytes())]
 
 
-class GuestInfoSet(amp.Command):
+class GuestInfoSet(ControlCommand):
     arguments = [(b"key", amp.Unicode()), (b"value", BigBytes())]
     errors = {GuestInfoRefused: b"GUESTINFO_REFUSED"}
 
@@ -87,7 +116,7 @@ LOG_PAGE = 100  # records per RPCLog answer: an AMP value holds at most 64 KiB
 LOG_DATA_LIMIT = 400  # bytes of each record's data shown
 
 
-class RPCLog(amp.Command):
+class RPCLog(ControlCommand):
     """The last ``last`` RPC records (at most `LOG_PAGE`), data cut to `LOG_DATA_LIMIT` bytes."""
 
     arguments = [(b"last", amp.Integer())]
