@@ -87,7 +87,7 @@ class Pong:
 
 
 def in_memory(duration: float) -> None:
-    from twisted_vmtools.vmx.backdoor import BackdoorHost
+    from twisted_vmtools.vmx.backdoor_host import BackdoorHost
     from twisted_vmtools.vmx.endpoints import backdoor_endpoints
     from twisted_vmtools.vmx.model import VMX
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from zope.interface import implementer
 
-from twisted_vmtools.codecs import backdoor as bd
+from twisted_vmtools.codecs import registers as bd
 from twisted_vmtools.vmx.trap.engine import TrapEngine
 from twisted_vmtools.vmx.trap.interfaces import IBackdoorHost
 

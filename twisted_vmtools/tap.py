@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +15,7 @@ from .guest.hgfs_files import UploadJournal
 from .guest.netinfo import primary_ip
 from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
 from .service import ToolsService, default_features
+from .simsocket import client_description, default_simulator_socket
 from .tap_power import POWER_PARAMETERS, check_power_options, power_handler
 from .toolsconf import ToolsConf, ToolsConfError, load_tools_conf
 
@@ -25,11 +24,6 @@ if TYPE_CHECKING:
 
 
 AUTH_CHOICES = ("pam", "none")
-
-
-def default_simulator_socket() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, f"vmtools-sim-{os.getuid()}.sock")
 
 
 class Options(usage.Options):
@@ -137,7 +131,7 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
     trace = bool(options["trace"])
     if options["simulate"]:
         from .channels.stream import StreamChannel
-        from .vmx.simulator import SimulatorService, client_description
+        from .vmx.simulator import SimulatorService
 
         where = options["socket"] or default_simulator_socket()
         from .vmx.simulator import SocketInUseError, claim_socket

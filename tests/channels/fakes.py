@@ -14,9 +14,7 @@ from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from twisted_vmtools.channels.framing import PacketProtocol
 from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT
-from twisted_vmtools.codecs.backdoor import Registers, high16, pack16
 from twisted_vmtools.codecs.datamap import VsockPacket, VsockPacketError
 from twisted_vmtools.codecs.message import (
     PROTO_RPCI,
@@ -29,7 +27,9 @@ from twisted_vmtools.codecs.message import (
     MessageType,
     Status,
 )
-from twisted_vmtools.vmx.backdoor import BackdoorHost
+from twisted_vmtools.codecs.registers import Registers, high16, pack16
+from twisted_vmtools.framing import PacketProtocol
+from twisted_vmtools.vmx.backdoor_host import BackdoorHost
 
 _reactor: Any = reactor
 

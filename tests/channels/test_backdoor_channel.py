@@ -17,7 +17,6 @@ from twisted_vmtools.channels.backdoor import (
     hypercall_dx,
 )
 from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITCLOHandler
-from twisted_vmtools.codecs.backdoor import BDOOR_PORT, BDOORHB_PORT, Registers, pack16
 from twisted_vmtools.codecs.message import (
     PROTO_RPCI,
     PROTO_TCLO,
@@ -27,6 +26,7 @@ from twisted_vmtools.codecs.message import (
     MessageType,
     Status,
 )
+from twisted_vmtools.codecs.registers import BDOOR_PORT, BDOORHB_PORT, Registers, pack16
 
 from .fakes import GARBAGE, FakeVMX, Interposer, message_type, status_reply
 

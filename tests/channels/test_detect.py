@@ -14,8 +14,8 @@ from twisted_vmtools.channels.detect import (
     getversion_call,
     hypervisor_signature,
 )
-from twisted_vmtools.codecs.backdoor import BDOOR_MAGIC, VMX_TYPE_SCALABLE_SERVER
 from twisted_vmtools.codecs.message import Backdoor, BackdoorCall, BackdoorResult
+from twisted_vmtools.codecs.registers import BDOOR_MAGIC, VMX_TYPE_SCALABLE_SERVER
 
 from .fakes import GARBAGE, FakeVMX
 

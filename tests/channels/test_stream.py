@@ -210,3 +210,10 @@ def test_cancelling_the_command_in_flight_restarts_the_stream() -> None:
     harness.settle(1)
     assert replies == [b"OK "]
     assert harness.vmx.status()["guest.ipAddress"] == "198.51.100.7"
+
+
+def test_the_rpc_log_is_stamped_with_the_vmx_clock() -> None:
+    harness = Harness()
+    harness.clock.advance(1234.5)
+    harness.start()
+    assert harness.vmx.records and {r.when for r in harness.vmx.records} == {1234.5}

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from twisted_vmtools.codecs.backdoor import MASK32, MASK64, Registers, high16, pack16
 from twisted_vmtools.codecs.message import (
     CHECKPOINT_RETRIES,
     FLAG_COOKIE,
@@ -36,6 +35,7 @@ from twisted_vmtools.codecs.message import (
     Status,
     run_steps,
 )
+from twisted_vmtools.codecs.registers import MASK32, MASK64, Registers, high16, pack16
 
 OWNER = 4242
 

@@ -9,7 +9,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from twisted_vmtools.codecs import rpci, tclo
-from twisted_vmtools.codecs.backdoor import (
+from twisted_vmtools.codecs.message import PROTO_RPCI, PROTO_TCLO
+from twisted_vmtools.codecs.registers import (
     BDOOR_PORT,
     CMD_MESSAGE,
     MASK64,
@@ -18,7 +19,6 @@ from twisted_vmtools.codecs.backdoor import (
     low16,
     pack16,
 )
-from twisted_vmtools.codecs.message import PROTO_RPCI, PROTO_TCLO
 from twisted_vmtools.codecs.stream import (
     PREAMBLE_SIZE,
     StreamKind,

@@ -8,8 +8,8 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from tests.support import Harness
-from twisted_vmtools.channels.framing import PacketProtocol
 from twisted_vmtools.codecs.datamap import VsockPacket, VsockPacketError
+from twisted_vmtools.framing import PacketProtocol
 
 
 class RawPeer(PacketProtocol):

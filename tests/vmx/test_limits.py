@@ -64,14 +64,14 @@ def test_the_rpc_log_is_capped_in_records_and_bytes() -> None:
     log = RPCLog()
     big = b"r" * (1 << 20)
     for _ in range(800):  # the 800 one-MiB TCLO replies
-        log.append(RPCRecord.now("tclo-in", "tclo#1", big))
+        log.append(RPCRecord(0.0, "tclo-in", "tclo#1", big))
     assert log.data_bytes <= RPC_LOG_BYTES and all(len(r.data) <= RPC_LOG_DATA for r in log)
     assert log[-1].size == len(big)
     for _ in range(2 * RPC_LOG_RECORDS):
-        log.append(RPCRecord.now("rpci-in", "rpci#1", b"x"))
+        log.append(RPCRecord(0.0, "rpci-in", "rpci#1", b"x"))
     assert len(log) == RPC_LOG_RECORDS
     mark = log.total
-    log.append(RPCRecord.now("rpci-in", "rpci#1", b"after"))
+    log.append(RPCRecord(0.0, "rpci-in", "rpci#1", b"after"))
     assert [r.data for r in log.since(mark)] == [b"after"]
 
 

@@ -25,7 +25,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..codecs.backdoor import BDOOR_FLAGS_HB, BDOOR_FLAGS_WRITE, MASK64, Registers
 from ..codecs.message import (
     PROTO_RPCI,
     PROTO_TCLO,
@@ -36,6 +35,7 @@ from ..codecs.message import (
     GuestChannel,
     run_steps,
 )
+from ..codecs.registers import BDOOR_FLAGS_HB, BDOOR_FLAGS_WRITE, MASK64, Registers
 from ..codecs.tclo import ERROR_PREFIX
 from .detect import BackdoorInterface
 from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
@@ -89,7 +89,7 @@ def hardware_executor(interface: BackdoorInterface) -> Backdoor:
 
 
 class BackdoorHostLike(Protocol):
-    """The register-level VMX (`twisted_vmtools.vmx.backdoor.BackdoorHost`)."""
+    """The register-level VMX (`twisted_vmtools.vmx.backdoor_host.BackdoorHost`)."""
 
     def low_bandwidth(self, owner: int, regs: Registers) -> Registers | None: ...
 

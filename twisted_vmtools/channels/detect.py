@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from ..codecs.backdoor import (
+from ..codecs.message import Backdoor, BackdoorCall, BackdoorOp
+from ..codecs.registers import (
     BDOOR_MAGIC,
     BDOOR_PORT,
     CMD_GETVERSION,
@@ -33,7 +34,6 @@ from ..codecs.backdoor import (
     Registers,
     high16,
 )
-from ..codecs.message import Backdoor, BackdoorCall, BackdoorOp
 
 log = Logger()
 

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
 from ..codecs.stream import StreamKind
 from ..codecs.tclo import ERROR_PREFIX
-from .framing import PacketProtocol
+from ..framing import PacketProtocol
 from .interfaces import ChannelError, ITCLOHandler
 
 HEARTBEAT_INTERVAL = 1.0

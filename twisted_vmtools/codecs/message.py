@@ -18,7 +18,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .backdoor import (
+from .errors import CodecError
+from .registers import (
     BDOOR_MAGIC,
     BDOOR_PORT,
     BDOORHB_CMD_MESSAGE,
@@ -30,7 +31,6 @@ from .backdoor import (
     low16,
     pack16,
 )
-from .errors import CodecError
 
 PROTO_RPCI = 0x49435052  # b"RPCI" as a little-endian u32
 PROTO_TCLO = 0x4F4C4354  # b"TCLO"

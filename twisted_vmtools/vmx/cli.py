@@ -15,7 +15,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from ..tap import default_simulator_socket
+from ..simsocket import client_description, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
 from .control import (
@@ -30,7 +30,6 @@ from .control import (
 )
 from .guest_cli import add_guest_parser, run_guest
 from .model import ARROWS
-from .simulator import client_description
 from .stores import GuestInfoRefused
 
 
@@ -176,7 +175,9 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
     if args.command == "guest":
         return await run_guest(reactor, args, _control)
     if args.command == "demo":
-        from .demo import run_demo
+        # The demo is an application above both stacks; the simulator's CLI only starts it,
+        # and loads it (and with it the guest side) only for this command.
+        from ..demo import run_demo
 
         return await run_demo(reactor, args.socket)
     if args.command == "serve":

@@ -173,7 +173,7 @@ class VMX:
             self.log.info("ping failed: {error}", error=str(error))
 
     def _record(self, direction: str, channel: str, data: bytes) -> None:
-        record = RPCRecord.now(direction, channel, data)
+        record = RPCRecord(self.clock.seconds(), direction, channel, data)  # the model's clock, not the wall's
         self.records.append(record)  # cut to the log's caps; observers (--trace) see it whole
         for observer in self._observers:
             observer(record)

@@ -115,10 +115,6 @@ def claim_socket(where: str) -> None:
     raise SocketInUseError(f"a simulator is already serving {path}")
 
 
-def client_description(where: str) -> str:
-    return where if ":" in where else f"unix:{where}"
-
-
 class SimulatorService(MultiService):
     """One simulated VMX serving one guest at ``where`` (a socket path or endpoint).
 

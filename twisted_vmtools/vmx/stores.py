@@ -8,7 +8,6 @@ without bound: the guestinfo store (per value and in total), the RPC log
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
@@ -113,10 +112,6 @@ class RPCRecord:
     @property
     def arrow(self) -> str:
         return ARROWS.get(self.direction, self.direction)
-
-    @classmethod
-    def now(cls, direction: str, channel: str, data: bytes) -> RPCRecord:
-        return cls(time.time(), direction, channel, data)
 
     def cut(self, limit: int) -> RPCRecord:
         if len(self.data) <= limit:

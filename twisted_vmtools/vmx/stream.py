@@ -14,11 +14,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..channels.framing import PacketProtocol
 from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
 from ..codecs.message import MAX_MESSAGE
 from ..codecs.rpci import RPCIReply
 from ..codecs.stream import PREAMBLE_SIZE, StreamKind, StreamPreambleError, parse_preamble
+from ..framing import PacketProtocol
 from .access import (
     ACCEPTED,
     CHALLENGE_MAGIC,

@@ -20,9 +20,9 @@ from typing import Any
 
 from twisted.internet.threads import blockingCallFromThread
 
-from ..codecs.backdoor import Registers
 from ..codecs.message import ChannelEndpoint
-from .backdoor import BackdoorHost
+from ..codecs.registers import Registers
+from .backdoor_host import BackdoorHost
 from .endpoints import backdoor_endpoints
 from .model import VMX
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from zope.interface import implementer
 
-from twisted_vmtools.codecs import backdoor as bd
+from twisted_vmtools.codecs import registers as bd
 from twisted_vmtools.vmx.trap.interfaces import IBackdoorHost
 
 SOURCES = Path(__file__).resolve().parent / "programs"

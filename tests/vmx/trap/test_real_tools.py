@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from twisted_vmtools.codecs.message import EndpointFactory
-from twisted_vmtools.vmx.backdoor import BackdoorHost
+from twisted_vmtools.vmx.backdoor_host import BackdoorHost
 from twisted_vmtools.vmx.endpoints import backdoor_endpoints
 from twisted_vmtools.vmx.model import VMX
 from twisted_vmtools.vmx.trap.engine import TrapEngine

@@ -15,7 +15,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from twisted_vmtools.codecs.backdoor import BDOOR_MAGIC
+from twisted_vmtools.codecs.registers import BDOOR_MAGIC
 
 from . import disasm, x86
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 from twisted.logger import Logger
 
-from twisted_vmtools.codecs.backdoor import (
+from twisted_vmtools.codecs.registers import (
     BDOOR_MAGIC,
     BDOOR_PORT,
     BDOORHB_PORT,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from zope.interface import Interface
 
-from twisted_vmtools.codecs.backdoor import Registers
+from twisted_vmtools.codecs.registers import Registers
 
 
 class IBackdoorHost(Interface):

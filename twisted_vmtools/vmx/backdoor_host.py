@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from ..codecs import backdoor as bd
-from ..codecs.backdoor import Registers
+from ..codecs import registers as bd
 from ..codecs.message import EndpointFactory, HostChannels
+from ..codecs.registers import Registers
 
 UNIMPLEMENTED = 0xFFFFFFFF
 

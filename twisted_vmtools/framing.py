@@ -1,4 +1,4 @@
-"""A Twisted protocol base for vsock-framed streams (vsock or unix/tcp)."""
+"""A Twisted protocol base for vsock-framed streams: the guest's channels and the VMX's listener both use it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from ..codecs.datamap import PacketDecoder, VsockPacket, VsockPacketError
+from .codecs.datamap import PacketDecoder, VsockPacket, VsockPacketError
 
 STREAM_BUFFER = 1 << 20  # a 520 KB HGFS packet in one or two reads, not eight
 

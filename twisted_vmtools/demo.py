@@ -8,11 +8,12 @@ import tempfile
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from ..channels.stream import StreamChannel
-from ..protocols.rpci import RPCIError
-from ..service import ToolsService
-from .model import VMX, RPCRecord
-from .simulator import SimulatorService, client_description
+from .channels.stream import StreamChannel
+from .protocols.rpci import RPCIError
+from .service import ToolsService
+from .simsocket import client_description
+from .vmx.model import VMX, RPCRecord
+from .vmx.simulator import SimulatorService
 
 
 def _show(record: RPCRecord) -> None:
