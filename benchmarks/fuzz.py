@@ -44,7 +44,7 @@ def _targets() -> dict[str, Fuzzed]:
     from twisted_vmtools.codecs import backdoor as bd
     from twisted_vmtools.codecs import datamap, diskinfo, guestos, message, nicinfo, rpci, stream, tclo
     from twisted_vmtools.vmx import control
-    from twisted_vmtools.vmx.backdoor import BackdoorHost
+    from twisted_vmtools.vmx.backdoor_host import BackdoorHost
     from twisted_vmtools.vmx.endpoints import backdoor_endpoints
     from twisted_vmtools.vmx.model import VMX
 

@@ -18,7 +18,7 @@ from tests.vmx.test_control import control
 from twisted_vmtools.codecs import backdoor as bd
 from twisted_vmtools.codecs.message import FLAG_COOKIE, PROTO_RPCI, PROTO_TCLO, MessageType
 from twisted_vmtools.vmx import control as control_module
-from twisted_vmtools.vmx.backdoor import BackdoorHost
+from twisted_vmtools.vmx.backdoor_host import BackdoorHost
 from twisted_vmtools.vmx.control import BAD_ARGUMENTS, ControlArgumentError, GuestInfoGet, SendTCLO, Status
 from twisted_vmtools.vmx.endpoints import backdoor_endpoints
 from twisted_vmtools.vmx.model import VMX
