@@ -67,4 +67,7 @@ class VixFeature(Service):
 
     def stopService(self) -> None:  # type: ignore[override]
         self.processes.stop()
+        stop_helpers = getattr(self.server.files, "stop", None)
+        if stop_helpers is not None:
+            stop_helpers()
         super().stopService()
