@@ -41,8 +41,8 @@ def _targets() -> dict[str, Fuzzed]:
     from twisted.logger import Logger
     from twisted.protocols import amp
 
-    from twisted_vmtools.codecs import backdoor as bd
     from twisted_vmtools.codecs import datamap, diskinfo, guestos, message, nicinfo, rpci, stream, tclo
+    from twisted_vmtools.codecs import registers as bd
     from twisted_vmtools.vmx import control
     from twisted_vmtools.vmx.backdoor_host import BackdoorHost
     from twisted_vmtools.vmx.endpoints import backdoor_endpoints

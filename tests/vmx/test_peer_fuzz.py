@@ -15,7 +15,7 @@ from twisted.protocols import amp
 
 from tests.support import Harness
 from tests.vmx.test_control import control
-from twisted_vmtools.codecs import backdoor as bd
+from twisted_vmtools.codecs import registers as bd
 from twisted_vmtools.codecs.message import FLAG_COOKIE, PROTO_RPCI, PROTO_TCLO, MessageType
 from twisted_vmtools.vmx import control as control_module
 from twisted_vmtools.vmx.backdoor_host import BackdoorHost
