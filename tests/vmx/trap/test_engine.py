@@ -253,6 +253,7 @@ class InterruptedArming(TrapEngine):
         ((signal.SIGTERM, signal.SIGCONT), 128 + signal.SIGTERM),
         ((signal.SIGUSR1,), 128 + signal.SIGUSR1),  # held back during the step, then delivered
         ((signal.SIGUSR2, signal.SIGUSR1), 128 + signal.SIGUSR1),  # the lower number is dequeued first
+        ((signal.SIGKILL,), 128 + signal.SIGKILL),
     ],
 )
 def test_signals_while_arming_never_leave_a_trap(programs, host, signals, expected):
@@ -260,6 +261,22 @@ def test_signals_while_arming_never_leave_a_trap(programs, host, signals, expect
     # faulting is unavailable the injected arch_prctl fails, after the steps).
     engine = InterruptedArming(host, signals, cpuid_mode="fault", timeout=20)
     assert engine.run([programs.trapped, "getversion"]) == expected
+
+
+def test_death_during_a_step_keeps_the_exit_status(programs, host, monkeypatch):
+    # Killed while single-stepped: the step's own wait reaps the death, which must
+    # still reach the loop (it used to be lost: "the program's exit status was lost").
+    from twisted_vmtools.vmx.trap import ptrace
+
+    step = ptrace.singlestep
+
+    def step_then_kill(tid):
+        step(tid)
+        os.kill(tid, signal.SIGKILL)
+
+    monkeypatch.setattr(ptrace, "singlestep", step_then_kill)
+    engine = TrapEngine(host, cpuid_mode="fault", timeout=20)
+    assert engine.run([programs.trapped, "getversion"]) == 128 + signal.SIGKILL
 
 
 @pytest.mark.slow
