@@ -10,6 +10,7 @@ fails with `GuestOperationError` (the Vix code and vSphere's fault name).
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
@@ -17,6 +18,7 @@ from zope.interface import Interface, implementer
 
 from ..codecs import vix
 from ..codecs.vix import Credentials, FileInfo, Op, ProcessInfo
+from .hgfs_client import tclo_sender, with_session
 from .vix_client import GuestOperationError, Send, VixClient
 
 __all__ = [
@@ -138,6 +140,16 @@ class IGuestOperations(Interface):
                                         file_size: int, overwrite: bool = False) -> Deferred[None]:
         """InitiateFileTransferToGuest: the checks (nothing is written yet)."""
 
+    def download(auth: Credentials, guest_file_path: str, write: Callable[[bytes], object]) -> Deferred[int]:
+        """InitiateFileTransferFromGuest, then the bytes over HGFS into ``write`` (e.g. an
+        ``IConsumer``'s ``write``; a Deferred it returns is waited for); fires with the count.
+        A directory (or ``/archive:/path[?format=tgz]``) comes as a tar stream."""
+
+    def upload(auth: Credentials, guest_file_path: str, read: Callable[[int], bytes | Awaitable[bytes]],
+               file_attributes: FileAttributes | None = None, overwrite: bool = False) -> Deferred[int]:
+        """InitiateFileTransferToGuest, then ``read(n)`` (until b"") over HGFS, then the attributes;
+        fires with the count.  The guest renames the upload into place only when it is complete."""
+
 
 @implementer(IGuestOperations)
 class GuestOperations:
@@ -145,6 +157,7 @@ class GuestOperations:
 
     def __init__(self, send: Send) -> None:
         self.client = VixClient(send)
+        self.hgfs_send = tclo_sender(send)  # file bytes: HGFS packets in `f` commands, as ESXi moves them
 
     def _call(self, op: Op, body: vix.Body, auth: Credentials | None) -> Deferred[bytes]:
         return ensureDeferred(self.client.call(op, body, auth))
@@ -238,6 +251,28 @@ class GuestOperations:
         if file_size < 0:
             return fail(GuestOperationError(vix.VixCode.INVALID_ARG, "a negative file size"))
         return self._done(Op.INITIATE_FILE_TRANSFER_TO_GUEST, vix.TransferToGuest(guest_file_path, overwrite), auth)
+
+    def download(self, auth: Credentials, guest_file_path: str, write: Callable[[bytes], object]) -> Deferred[int]:
+        return ensureDeferred(self._download(auth, guest_file_path, write))
+
+    async def _download(self, auth: Credentials, path: str, write: Callable[[bytes], object]) -> int:
+        await self.initiate_file_transfer_from_guest(auth, path)
+        return await with_session(self.hgfs_send, lambda client: client.download(path, write))  # type: ignore[no-any-return]
+
+    def upload(self, auth: Credentials, guest_file_path: str, read: Callable[[int], bytes | Awaitable[bytes]],
+               file_attributes: FileAttributes | None = None, overwrite: bool = False) -> Deferred[int]:
+        return ensureDeferred(self._upload(auth, guest_file_path, read, file_attributes or FileAttributes(),
+                                           overwrite))
+
+    async def _upload(self, auth: Credentials, path: str, read: Callable[[int], bytes | Awaitable[bytes]],
+                      attributes: FileAttributes, overwrite: bool) -> int:
+        # vSphere gives the size first; a stream's is not known, and the guest's checks do not use it.
+        await self.initiate_file_transfer_to_guest(auth, path, attributes, 0, overwrite)
+        count: int = await with_session(
+            self.hgfs_send, lambda client: client.upload(path, read, overwrite=overwrite, permissions=None))
+        if attributes != FileAttributes():
+            await self.change_file_attributes(auth, path, attributes)
+        return count
 
     def tools_properties(self) -> Deferred[dict[int, vix.PropertyValue]]:
         """GET_TOOLS_STATE: the guest's property list (no login)."""
