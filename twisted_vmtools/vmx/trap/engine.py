@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import signal
 import struct
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from twisted_vmtools.codecs.registers import (
 from . import elf, ptrace
 from .cpuid import HYPERVISOR_BASE, VMWARE_SIGNATURE, VMwareCPUID, cpuid_faulting_available, hypervisor_signature
 from .interfaces import IBackdoorHost
-from .launch import encode_spec
+from .launch import Launcher, LaunchError, encode_spec
 from .process import (
     AddressSpace,
     Breakpoint,
@@ -59,8 +58,6 @@ AT_BASE = 7
 # TRAP_BRKPT when the step is reported at system call exit.
 STEP_CODES = frozenset((1, 2))
 ARCH_SET_CPUID = 0x1012
-SPEC_FD = 3
-READY_FD = 4
 LOADER_HOOK = "_dl_debug_state"
 INT3 = b"\xcc"
 CPUID_INSN = b"\x0f\xa2"
@@ -218,6 +215,7 @@ class TrapEngine:
         self._killing = False  # from now on every process of the tree gets SIGKILL
         self._started = False
         self._main_pid = 0
+        self._launcher: Launcher | None = None
         self._main_status: int | None = None
         self._timers: list[threading.Timer] = []
         self._exits: list[tuple[int, int]] = []  # exit statuses consumed by a targeted wait
@@ -251,6 +249,8 @@ class TrapEngine:
             for timer in timers:
                 timer.cancel()
             self._reap_everything()
+            if self._launcher is not None:
+                self._launcher.reap()  # it exits once its namespace is empty
             if cpu is not None:
                 os.sched_setaffinity(0, saved_affinity)
         if self._main_status is None:
@@ -294,70 +294,25 @@ class TrapEngine:
             env = {os.fsencode(k): os.fsencode(v) for k, v in self.env.items()}
         cwd = os.fsencode(self.cwd) if self.cwd is not None else None
 
-        launcher_env = dict(os.environ)
-        launcher_env["PYTHONPATH"] = os.pathsep.join(filter(None, (_package_root(), os.environ.get("PYTHONPATH"))))
-        spec_read, spec_write = os.pipe()
-        ready_read, ready_write = os.pipe()
-        actions: list[tuple[int, int, int]] = [
-            (os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(self.stdio) if fd is not None
-        ]
-        actions.append((os.POSIX_SPAWN_DUP2, spec_read, SPEC_FD))
-        actions.append((os.POSIX_SPAWN_DUP2, ready_write, READY_FD))
-        catchable = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
-        command = [
-            sys.executable,
-            "-m",
-            "twisted_vmtools.vmx.trap.launch",
-            "--parent",
-            str(os.getpid()),
-            "--spec-fd",
-            str(SPEC_FD),
-            "--ready-fd",
-            str(READY_FD),
-        ]
+        launcher = Launcher(self.stdio, _package_root())
         try:
-            # posix_spawn (vfork + exec in glibc) is safe in a multi-threaded
-            # process; the sandbox work happens in the launcher, not here.
-            pid = os.posix_spawn(
-                sys.executable,
-                command,
-                launcher_env,
-                file_actions=actions,
-                setsigmask=(),
-                setsigdef=catchable,
-            )
-        except BaseException:
-            for fd in (spec_read, spec_write, ready_read, ready_write):
-                os.close(fd)
-            raise
-        os.close(spec_read)
-        os.close(ready_write)
-        self._main_pid = pid
-        try:
-            # Wait until the launcher runs, sandboxed: tracing starts after
-            # its own exec, so only the program's exec is ever seen.
-            with os.fdopen(ready_read, "rb") as ready:
-                report = ready.read(4096)
-            if report != b"\0":
-                raise TrapEngineError(f"launcher failed: {report.decode(errors='replace') or 'no report'}")
+            # The program process reports once it is sandboxed, before it
+            # executes anything: tracing starts there, so only the
+            # program's own exec is ever seen.
+            pid = launcher.ready()
             if cpu is not None:
                 os.sched_setaffinity(pid, {cpu})
             ptrace.seize(pid, TRACE_OPTIONS)
-        except (OSError, ptrace.TraceeGone, TrapEngineError) as exc:
-            os.close(spec_write)
-            os.kill(pid, signal.SIGKILL)  # our own, unreaped child: the pid is still ours
-            os.waitpid(pid, 0)
-            if isinstance(exc, TrapEngineError):
-                raise
+        except (OSError, ptrace.TraceeGone, LaunchError) as exc:
+            launcher.abort()
+            if isinstance(exc, LaunchError):
+                raise TrapEngineError(f"launcher failed: {exc}") from exc
             raise TrapEngineError(f"cannot trace the launcher: {exc}") from exc
+        self._launcher = launcher
+        self._main_pid = pid
         process = self._add_process(pid, AddressSpace(pid))
         self._add_thread(pid, process)
-        try:
-            os.write(spec_write, encode_spec(argv, env, cwd))
-        except OSError:
-            pass  # the launcher died (sandbox failure); its exit status tells
-        finally:
-            os.close(spec_write)
+        launcher.send_spec(encode_spec(argv, env, cwd))
 
     def _add_process(self, tgid: int, space: AddressSpace) -> Process:
         process = Process(tgid, space)
