@@ -268,3 +268,24 @@ def test_default_features_serve_guest_operations_and_their_process_io() -> None:
     pid = vix_feature.processes.start(StartRequest("wait"), GuestUser.current()).pid
     resolved = hgfs.handlers.resolve(f"/proc/{pid}/stdout", opening=True)
     assert resolved is not None and isinstance(resolved.handler, ProcessIOHandler)
+
+
+def test_auth_none_is_announced_as_a_warning() -> None:
+    from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+
+    from twisted_vmtools.guest.auth import NoAuthenticator
+
+    events: list[dict[str, object]] = []
+
+    @implementer(ILogObserver)
+    def observer(event: dict[str, object]) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        VixFeature(Clock(), authenticator=NoAuthenticator()).startService()
+        VixFeature(Clock(), authenticator=OnePassword()).startService()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "ANY login" in str(e.get("log_format"))]
+    assert len(warnings) == 1
