@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "twisted_vmtools"
-GUEST_SIDE = ("guest", "service", "tap", "tap_power", "channels", "protocols", "web", "rpctool")
+GUEST_SIDE = ("guest", "service", "tap", "tap_power", "channels", "protocols", "rpctool")
 # The one way up: `vmtools-sim demo` starts the demo application, imported only for that command.
 ALLOWED = {("vmx/cli.py", "twisted_vmtools.demo")}
 

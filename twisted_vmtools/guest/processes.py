@@ -33,6 +33,8 @@ from zope.interface import implementer
 from ..codecs.vix import ProcessInfo, VixCode
 from .accounts import GuestUser
 from .hgfs_proc import IProcessTable
+from .roundtrip import PROGRAM as ROUND_TRIP
+from .roundtrip import RoundTrip
 from .vix_errors import VixOperationError
 
 REAP_AFTER = 5 * 60.0  # vmtoolsd's VIX_TOOLS_EXITED_PROGRAM_REAP_TIME
@@ -233,6 +235,8 @@ class ProcessManager:
         self._processes: dict[int, ManagedProcess] = {}
         self._next_pseudo_pid = _first_pseudo_pid()
         self._reapers: dict[int, IDelayedCall] = {}
+        # Built in, as in the Go toolbox: HTTP to a server inside the guest over stdin/stdout.
+        self.register(ROUND_TRIP, RoundTrip(reactor))
 
     # -- registration ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from ..codecs.vix import Op, VixCode
 from .accounts import GuestUser
 from .auth import IAuthenticator
 from .fileops_runner import IFileOperationRunner
+from .hgfs_proc import STREAM_PATH
 from .processes import ProcessManager, StartRequest
 from .vix_errors import VixOperationError
 
@@ -155,6 +156,9 @@ class VixCommandServer:
         if extra is not None:
             result = extra(request, user)
             return (await result) if isinstance(result, Deferred) else result
+        streamed = self._process_stream(op, body, user)
+        if streamed is not None:
+            return streamed
         if op in FILE_OPS:
             return await self.files.run(op, body, user)
         if isinstance(body, vix.ListProcesses):
@@ -169,6 +173,29 @@ class VixCommandServer:
     async def _login(self, request: vix.Request) -> GuestUser:
         credentials = vix.decode_credentials(request.credential_type, request.credential)
         return await self.authenticator.authenticate(credentials)
+
+    def _process_stream(self, op: int, body: vix.Body, user: GuestUser) -> bytes | None:
+        """A transfer of ``/proc/<pid>/stdin|stdout|stderr`` of a process we started with I/O (HGFS moves it).
+
+        Unlike the Go toolbox, output is ready at once: it streams while the
+        process runs, so the VMX is never told to come back (CannotAccessFile).
+        """
+        if op not in (Op.INITIATE_FILE_TRANSFER_FROM_GUEST, Op.INITIATE_FILE_TRANSFER_TO_GUEST):
+            return None
+        match = STREAM_PATH.match(getattr(body, "path", ""))
+        record = self.processes.get(int(match.group(1))) if match else None
+        if match is None or record is None or record.io is None:
+            return None  # a real /proc path: the file system answers
+        if user.uid != 0 and user.name != record.owner:
+            raise VixOperationError(VixCode.FILE_ACCESS_ERROR, f"{user.name} may not open {match.group(0)}")
+        writing = op == Op.INITIATE_FILE_TRANSFER_TO_GUEST
+        if writing != (match.group(2) == "stdin"):
+            direction = "read" if writing else "write"
+            raise VixOperationError(VixCode.FILE_ACCESS_ERROR, f"{match.group(0)} is {direction}-only")
+        if writing:
+            return b""
+        stream = getattr(record.io, match.group(2))
+        return vix.FileInfo(match.group(0), size=stream.size, permissions=0o400).encode().encode("utf-8")
 
     def _process_op(self, op: int, body: vix.Body, user: GuestUser) -> bytes:
         if isinstance(body, vix.StartProgram):
