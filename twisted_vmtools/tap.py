@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -51,7 +50,6 @@ class Options(usage.Options):
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
         ["trace", None, "log every RPC in both directions"],
-        ["with-tls", None, "let the reactor load pyOpenSSL (only for extensions that need TLS)"],
     ]
 
     def postOptions(self) -> None:
@@ -60,21 +58,6 @@ class Options(usage.Options):
         self["tools-conf"] = read_tools_conf(self["config"])
         guest_info_interval(self["guestinfo-interval"], self["tools-conf"])
         check_power_options(self)
-        if not self["with-tls"]:
-            without_tls()
-
-
-def without_tls() -> None:
-    """Keep pyOpenSSL out of this process.
-
-    twistd parses options before it imports the reactor, and the reactor
-    imports pyOpenSSL and cryptography whenever they are installed (treq
-    brings them): about 12 MB of RSS in a daemon that only ever talks to its
-    VMX.  Marking the module absent makes Twisted run without TLS, as on a
-    machine without pyOpenSSL.  Nothing happens if TLS is already loaded.
-    """
-    if "OpenSSL" not in sys.modules:
-        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
 
 
 def read_tools_conf(path: str | None) -> ToolsConf:
