@@ -88,3 +88,43 @@ def test_directory_round_trip_and_pipes(vmx: Path, tmp_path: Path) -> None:
     assert piped.stdout == b"alpha" and not piped.stderr  # no progress bar when piped
     guest(vmx, "upload", "-", str(tmp_path / "from-stdin"), stdin=b"through a pipe")
     assert (tmp_path / "from-stdin").read_bytes() == b"through a pipe"
+
+
+def test_upload_cut_off_by_a_crash_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    """SIGKILL the guest in the middle of an upload; its restart removes the temporary."""
+    socket_path, state = tmp_path / "vmx.sock", tmp_path / "state"
+    target = tmp_path / "target.bin"
+    target.write_bytes(b"the old file")
+    source = tmp_path / "source.bin"
+    with open(source, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+
+    def start_guest() -> subprocess.Popen[bytes]:
+        with open(tmp_path / "guest.log", "ab") as out:
+            return subprocess.Popen(
+                [*TWISTD, "vmtools", "--transport", f"unix:{socket_path}", "--guestinfo-interval", "0",
+                 "--transfer-state", str(state)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+
+    def temporaries() -> list[Path]:
+        return [p for p in tmp_path.iterdir() if p.name.startswith(".target.bin.vmtools-upload-")]
+
+    simulator = start_simulator(socket_path)
+    guest_process = start_guest()
+    try:
+        wait_for(lambda: running(socket_path), "the guest tools running")
+        upload = subprocess.Popen([*SIM, "guest", "upload", "--socket", str(socket_path), "-f", str(source),
+                                   str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+        wait_for(lambda: temporaries() and temporaries()[0].stat().st_size > (8 << 20), "the upload under way")
+        guest_process.kill()
+        guest_process.wait()
+        assert upload.wait(60) == 1
+        assert temporaries() and target.read_bytes() == b"the old file"  # the crash left its temporary
+        guest_process = start_guest()
+        wait_for(lambda: not temporaries(), "the restarted guest removing the temporary")
+        assert target.read_bytes() == b"the old file"
+    finally:
+        stop(guest_process)
+        stop(simulator)

@@ -59,9 +59,16 @@ def hgfs_client(control: ControlClient, **options: Any) -> HGFSClient:
 
     def send(packet: bytes) -> Deferred[bytes]:
         sent: Deferred[dict[str, Any]] = control.callRemote(SendTCLO, command=b"f " + packet, timeout=TRANSFER_TIMEOUT)
-        return sent.addCallback(_hgfs_reply)
+        return sent.addCallbacks(_hgfs_reply, _transport_failed)
 
     return HGFSClient(send, **options)
+
+
+def _transport_failed(failure: Any) -> bytes:
+    """The simulator could not deliver the packet (the guest went away, timed out, …)."""
+    if failure.check(HGFSClientError):
+        failure.raiseException()
+    raise HGFSClientError(0, Status.TRANSPORT_ERROR, failure.getErrorMessage())
 
 
 def _hgfs_reply(result: dict[str, Any]) -> bytes:

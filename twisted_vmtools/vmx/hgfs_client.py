@@ -167,9 +167,18 @@ class HGFSClient:
         streamed = attr.type != hgfs.FileType.REGULAR or attr.size >= hgfs.UNKNOWN_SIZE
         handle = await self.open(path, OpenMode.READ_ONLY)
         try:
-            return await self._read_all(handle, write, 1 if streamed else self.pipeline, streamed)
-        finally:
+            count = await self._read_all(handle, write, 1 if streamed else self.pipeline, streamed)
+        except HGFSClientError as error:
+            if error.status == Status.TRANSPORT_ERROR:
+                self.session_id = None  # nobody to close it with: the guest drops the session itself
+            else:
+                await self.close(handle)
+            raise
+        except BaseException:
             await self.close(handle)
+            raise
+        await self.close(handle)
+        return count
 
     async def _read_all(self, handle: int, write: Callable[[bytes], object], depth: int, streamed: bool) -> int:
         size = self.io_size
@@ -178,7 +187,12 @@ class HGFSClient:
         while True:
             while len(inflight) < depth:
                 inflight.append(ensureDeferred(self.read(handle, offset + len(inflight) * size, size)))
-            chunk = await inflight.popleft()
+            try:
+                chunk = await inflight.popleft()
+            except BaseException:
+                for pending in inflight:
+                    pending.addErrback(lambda _: None)  # the first failure is the one raised
+                raise
             if chunk:
                 result = write(chunk)
                 if isinstance(result, Deferred):
@@ -223,11 +237,15 @@ class HGFSClient:
                     await inflight.popleft()
             while inflight:
                 await inflight.popleft()
-        except BaseException:
+        except BaseException as error:
             for pending in inflight:
                 pending.addErrback(lambda _: None)  # the first failure is the one raised
-            # Cut off: leave the handle to the session's end, which discards the upload.
-            await self.stop()
+            # Cut off: the session's end discards the upload.  A guest that answered is told at
+            # once; one that is gone drops the session itself (restart or idle expiry).
+            if isinstance(error, HGFSClientError) and error.status != Status.TRANSPORT_ERROR:
+                await self.stop()
+            else:
+                self.session_id = None
             raise
         await self.close(handle)
         return offset
