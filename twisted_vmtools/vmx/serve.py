@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .model import VMX
+from .run_directory import run_directory
 from .simulator import SimulatorService
 from .trapped import spawn_guest
 
@@ -65,8 +65,11 @@ async def run_trapped(
     high_bandwidth: bool = True,
     timeout: float | None = None,
 ) -> int:
-    """`vmtools-sim run`: a private VMX (socket in a temporary directory) for one program."""
-    with tempfile.TemporaryDirectory(prefix="vmtools-sim-") as directory:
+    """`vmtools-sim run`: a private VMX (socket in a temporary directory) for one program.
+
+    Directories left by runs that were killed are removed first (see `run_directory`).
+    """
+    with run_directory() as directory:
         return await serve(
             reactor,
             os.path.join(directory, "vmx.sock"),
