@@ -322,3 +322,16 @@ def test_tclo_command(tmp_path: Path) -> None:
     reply = result_of(dispatcher.handle(b"f " + packet))
     assert reply.startswith(b"OK ") and hgfs.decode_reply_header(reply[3:], Op.CREATE_SESSION_V4)[0].status == 0
     failure_of(maybeDeferred(server.command, b"")).trap(TCLOHandlerError)
+
+
+def test_handles_per_session_are_limited(tmp_path: Path) -> None:
+    server, _ = make_server(tmp_path, max_handles=3)
+    (tmp_path / "f").write_bytes(b"x")
+    client = client_of(server)
+    handles = [run(client.open(str(tmp_path / "f"), OpenMode.READ_ONLY)) for _ in range(3)]
+    with pytest.raises(HGFSClientError) as caught:
+        run(client.open(str(tmp_path / "f"), OpenMode.READ_ONLY))
+    assert caught.value.status == Status.GENERIC_ERROR
+    run(client.close(handles[0]))
+    run(client.open(str(tmp_path / "f"), OpenMode.READ_ONLY))  # a closed handle frees its place
+    assert len(set(handles)) == 3
