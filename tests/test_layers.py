@@ -88,3 +88,14 @@ def test_status_loads_neither_psutil_nor_the_guest_stack(tmp_path: Path) -> None
     assert "twisted_vmtools.vmx.cli" in loaded
     assert "psutil" not in loaded
     assert [m for m in loaded if reaches(m, (*GUEST_SIDE, "demo"))] == []
+
+
+def test_one_declared_backdoor_host_interface_for_every_caller() -> None:
+    from zope.interface.verify import verifyObject
+
+    from twisted_vmtools.backdoor_interface import IBackdoorHost
+    from twisted_vmtools.vmx.backdoor_host import BackdoorHost
+    from twisted_vmtools.vmx.trap import interfaces
+
+    assert interfaces.IBackdoorHost is IBackdoorHost  # the trap engine's name for the same declaration
+    assert verifyObject(IBackdoorHost, BackdoorHost(lambda protocol, owner: None))

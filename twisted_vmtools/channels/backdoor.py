@@ -16,7 +16,7 @@ two commands out.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..backdoor_interface import IBackdoorHost
 from ..codecs.message import (
     PROTO_RPCI,
     PROTO_TCLO,
@@ -88,17 +89,7 @@ def hardware_executor(interface: BackdoorInterface) -> Backdoor:
     return execute
 
 
-class BackdoorHostLike(Protocol):
-    """The register-level VMX (`twisted_vmtools.vmx.backdoor_host.BackdoorHost`)."""
-
-    def low_bandwidth(self, owner: int, regs: Registers) -> Registers | None: ...
-
-    def high_bandwidth_out(self, owner: int, regs: Registers, data: bytes) -> Registers: ...
-
-    def high_bandwidth_in(self, owner: int, regs: Registers) -> tuple[Registers, bytes]: ...
-
-
-def host_executor(host: BackdoorHostLike, owner: int = 0) -> Backdoor:
+def host_executor(host: IBackdoorHost, owner: int = 0) -> Backdoor:
     """An executor calling a VMX in memory, as the trap engine would after a trap."""
 
     def execute(call: BackdoorCall) -> BackdoorResult:
@@ -140,7 +131,6 @@ class BackdoorChannel:
         self._poll_call: IDelayedCall | None = None
         self._reply: bytes | None = None  # goes out with the next poll
         self._empty_polls = 0
-        self._waiting_for_handler = False
         self._stopped = False
 
     def _run(self, steps: Generator[BackdoorCall, BackdoorResult, T]) -> T:
@@ -220,7 +210,6 @@ class BackdoorChannel:
             return
         self._empty_polls = 0
         assert self._handler is not None
-        self._waiting_for_handler = True
         try:
             answer = self._handler.handle(command)
         except Exception:
@@ -233,7 +222,6 @@ class BackdoorChannel:
         return HANDLER_FAILED
 
     def _answered(self, reply: bytes) -> None:
-        self._waiting_for_handler = False
         if self._stopped:
             return
         self._reply = reply

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..backdoor_interface import IBackdoorHost
 from ..codecs import registers as bd
 from ..codecs.message import EndpointFactory, HostChannels
 from ..codecs.registers import Registers
@@ -19,6 +21,7 @@ from ..codecs.registers import Registers
 UNIMPLEMENTED = 0xFFFFFFFF
 
 
+@implementer(IBackdoorHost)
 class BackdoorHost:
     """A VMX's backdoor, as ESX (VMX type 2) answers it.
 

@@ -34,7 +34,6 @@ class _Pending:
     reply: Deferred[bytes]
     timeout: float
     timer: IDelayedCall | None = None
-    sent: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -97,14 +96,12 @@ class TCLOQueue:
         if self._inflight is not None or not self._queue:
             return None
         self._inflight = self._queue.popleft()
-        self._inflight.sent = True
         return self._inflight.command
 
     def put_back(self) -> None:
         """The guest refused delivery (error ack): offer the same command again."""
         if self._inflight is not None:
             pending, self._inflight = self._inflight, None
-            pending.sent = False
             self._queue.appendleft(pending)
 
     def reply(self, data: bytes) -> bool:
