@@ -8,6 +8,7 @@ talks to the simulator's control socket.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -113,7 +114,7 @@ def site(hang: Hang) -> Site:
 def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("web")
     path = base / "vmx.sock"
-    simulator = start_simulator(path)
+    simulator = start_simulator(path, log=base / "vmx.log")
     with open(base / "guest.log", "wb") as out:
         guest = subprocess.Popen([*TWISTD, "vmtools", "--transport", f"unix:{path}", "--guestinfo-interval", "0",
                                   "--auth", "none"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -235,3 +236,26 @@ async def _when(condition: Any, timeout: float = 20.0) -> None:
         assert waited < timeout, "condition not reached"
         await deferLater(reactor, 0.05)  # type: ignore[arg-type]
         waited += 0.05
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_prints_like_curl_i(vmx: Path, server: tuple[str, Hang]) -> None:
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    from tests.test_end_to_end import SIM
+
+    def sim(*args: str) -> Deferred[tuple[bytes, bytes, int]]:
+        return getProcessOutputAndValue(SIM[0], [*SIM[1:], "guest", "http", "--socket", str(vmx), "-l", "a:b", *args],
+                                        env=dict(os.environ), path=str(REPO))  # type: ignore[arg-type]
+
+    url, _ = server
+    out, err, code = await sim("GET", url + "/hello")
+    assert code == 0, err
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/plain" in head
+    assert body == b"hello from the guest"
+    out, err, code = await sim("POST", url + "/echo", "-d", "abc", "-H", "X-Test: 1")
+    assert code == 0, err
+    assert out.endswith(b"3 " + hashlib.sha256(b"abc").hexdigest().encode())
+    out, err, code = await sim("GET", "https://127.0.0.1:1/")
+    assert code == 1 and b"only http://" in err

@@ -78,11 +78,13 @@ class GuestAgent:
     ``$VMTOOLS_SIM_GUEST_LOGIN``.  ``timeout`` bounds each whole round trip.
     """
 
-    def __init__(self, reactor: Any, guest_operations: IGuestOperations, login: tuple[str, str] | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, reactor: Any, guest_operations: IGuestOperations,
+                 login: tuple[str, str] | Credentials | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.reactor = reactor
         self.guest_operations = guest_operations
-        self.login = Credentials(*login) if login is not None else _default_login(guest_operations)
+        if isinstance(login, tuple):
+            login = Credentials(*login)
+        self.login = login if login is not None else _default_login(guest_operations)
         self.timeout = timeout
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,

@@ -9,6 +9,7 @@ to the guest.  Importing this module adds the verbs to `guest_cli.VERBS`.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shlex
 import stat
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -359,3 +360,78 @@ async def _getenv(control: ControlClient, args: argparse.Namespace) -> int:
                                                                            tuple(args.names)):
         print(entry)
     return 0
+
+
+# --- HTTP --------------------------------------------------------------------------------------------------------
+
+def _http_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("method", metavar="METHOD", help="GET, POST, PUT, ...")
+    parser.add_argument("url", metavar="URL", help="http://host:port/path as the guest reaches it")
+    parser.add_argument("-d", dest="data", default=None,
+                        help="the request body ('@FILE': a file's content, '-': standard input)")
+    parser.add_argument("-H", dest="headers", action="append", default=[], help="'Name: value' (repeatable)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole round trip")
+
+
+@verb("http", "an HTTP request made from inside the guest (http.RoundTrip), printed like curl -i", _http_arguments)
+async def _http(control: ControlClient, args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+    from twisted.web.client import FileBodyProducer
+    from twisted.web.http_headers import Headers
+
+    from ..web import GuestAgent, GuestHTTPError
+
+    headers = Headers()
+    for line in args.headers:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise SystemExit(f"vmtools-sim guest http: a header is 'Name: value', not {line!r}")
+        headers.addRawHeader(name.strip().encode("latin-1"), value.strip().encode("latin-1"))
+    body = None if args.data is None else FileBodyProducer(_request_body(args.data))
+    agent = GuestAgent(reactor, guest_operations(control), parse_login(args.login), timeout=args.timeout)
+    try:
+        response = await agent.request(args.method.upper().encode("ascii"), args.url.encode("utf-8"), headers, body)
+        out = sys.stdout.buffer
+        out.write(b"%s/%d.%d %d %s\r\n" % (*response.version, response.code, response.phrase))
+        for name, values in response.headers.getAllRawHeaders():
+            out.writelines(b"%s: %s\r\n" % (name, value) for value in values)
+        out.write(b"\r\n")
+        await _print_body(response, out)
+        out.flush()
+    except GuestHTTPError as error:
+        print(f"vmtools-sim guest http: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # Twisted's own: ResponseNeverReceived, ResponseFailed, ...
+        print(f"vmtools-sim guest http: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _request_body(data: str) -> IO[bytes]:
+    if data == "-":
+        return io.BytesIO(sys.stdin.buffer.read())
+    if data.startswith("@"):
+        return open(data[1:], "rb")  # noqa: SIM115 (the body producer closes it)
+    return io.BytesIO(data.encode("utf-8"))
+
+
+def _print_body(response: Any, out: IO[bytes]) -> Deferred[None]:
+    """Stream the body to ``out`` as it arrives; fails as the body does."""
+    from twisted.internet.protocol import Protocol
+    from twisted.web.client import ResponseDone
+    from twisted.web.http import PotentialDataLoss
+
+    finished: Deferred[None] = Deferred()
+
+    class Printer(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's name)
+            out.write(data)
+
+        def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+            if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+                finished.callback(None)
+            else:
+                finished.errback(reason)
+
+    response.deliverBody(Printer())
+    return finished
