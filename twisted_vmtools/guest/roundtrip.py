@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -130,6 +130,7 @@ class RoundTrip:
         except Exception as error:
             raise RoundTripError(f"http.RoundTrip: cannot connect to {host}:{port}: {error}") from None
         pumping = ensureDeferred(self._pump_stdin(process, relay))
+        pumping.addErrback(lambda failure: failure.trap(CancelledError))  # stopped when the exchange ends
         try:
             await relay.done
         finally:
