@@ -33,7 +33,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
 from twisted_vmtools.vmx.conformance import VMTOOLSD_CONF
-from twisted_vmtools.vmx.conformance_vix import Account, test_account
+from twisted_vmtools.vmx.conformance_vix import Account, temporary_account
 from twisted_vmtools.vmx.guest_operations import GuestOperations, ProgramSpec
 from twisted_vmtools.vmx.model import VMX
 from twisted_vmtools.vmx.trapped import spawn_guest
@@ -116,7 +116,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=50, help="StartProgram calls")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="vix-bench-") as work, test_account() as account:
+    with tempfile.TemporaryDirectory(prefix="vix-bench-") as work, temporary_account() as account:
         if account is None:
             raise SystemExit("vix_ops.py: needs root (it makes a test account for the run)")
         os.chmod(work, 0o755)

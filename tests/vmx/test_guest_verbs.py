@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_end_to_end import REPO, SIM, TWISTD, running, start_simulator, stop, wait_for
+from twisted_vmtools.vmx.conformance_vix import remove_account
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +165,7 @@ def account(shared: Path) -> Iterator[tuple[str, str]]:
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
         yield name, password
     finally:
-        subprocess.run(["userdel", "-r", name], capture_output=True)
+        remove_account(name, home=True)
 
 
 def test_an_unprivileged_account(pam_guest: Path, account: tuple[str, str], shared: Path) -> None:

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from .conformance_hgfs import STEPS as HGFS_STEPS
 from .conformance_hgfs import run_steps
 from .conformance_vix import STEPS as VIX_STEPS
-from .conformance_vix import Account, test_account
+from .conformance_vix import Account, temporary_account
 from .conformance_vix import run_steps as run_vix_steps
 from .model import VMX
 from .simulator import SimulatorService
@@ -410,7 +410,7 @@ async def run_conformance(reactor: Any, output: str | None, transport: str | Non
         print("vmtools-sim conformance: open-vm-tools is not installed (apt-get install open-vm-tools)")
         return 2
     transport = transport or our_default_transport()
-    with test_account() as account:
+    with temporary_account() as account:
         theirs = await observe(reactor, Vmtoolsd(), account)
         ours = await observe(reactor, Ours(transport), account)
     comparisons = compare(theirs, ours)

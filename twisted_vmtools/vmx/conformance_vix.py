@@ -45,7 +45,7 @@ class Account:
 
 
 @contextmanager
-def test_account() -> Iterator[Account | None]:
+def temporary_account() -> Iterator[Account | None]:
     """A fresh unprivileged account with a password (None when not root), removed afterwards."""
     if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("chpasswd"):
         yield None
@@ -58,7 +58,29 @@ def test_account() -> Iterator[Account | None]:
         entry = pwd.getpwnam(name)
         yield Account(name, password, entry.pw_uid, entry.pw_gid)
     finally:
-        subprocess.run(["userdel", name], capture_output=True)
+        remove_account(name)
+
+
+def remove_account(name: str, *, home: bool = False) -> None:
+    """Delete a test account made for a run, ending what still runs as it first (userdel refuses otherwise:
+    a guest's idle file-operation helper, a program a step started)."""
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    for _ in range(50):
+        left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+        if not left:
+            break
+        for process in left:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(left, timeout=0.2)
+    done = subprocess.run(["userdel", *(["-r"] if home else []), name], capture_output=True, text=True)
+    if done.returncode not in (0, 12):  # 12: the home directory could not be removed (it is the run's to remove)
+        raise RuntimeError(f"could not remove the test account {name}: {done.stderr.strip()}")
 
 
 @dataclass
