@@ -156,3 +156,25 @@ def test_power_and_kernel_files_are_read_only(host, tmp_path):
     for name, error in refused(results).items():
         assert error in (errno.errorcode[errno.EROFS], "ENOENT", "EACCES"), (name, error)
     assert refused(results)["open-/sys/power/state"] in ("EROFS", "ENOENT")
+
+
+def _running(executable: Path) -> bool:
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/exe") == str(executable):
+                return "\nState:\tZ" not in Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+    return False
+
+
+def test_an_untraced_child_dies_with_the_namespace(host, tmp_path):
+    # A clone with CLONE_UNTRACED escapes the tracer (not the sandbox); the
+    # engine must neither hang on it nor leave it running.
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_bytes(Path("/bin/sleep").read_bytes())
+    sleeper.chmod(0o755)
+    status, results = attack(host, tmp_path, "untraced-child", str(sleeper))
+    assert status == 0
+    assert results == {"clone-untraced": "ESCAPED"}  # it did start
+    assert not _running(sleeper)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import select
 import signal
 import socket
 import struct
@@ -50,6 +51,8 @@ NETWORK_CHOICES = ("auto", "host", "private")
 # tracer) decide what they mean.
 _SHIELDED_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM, signal.SIGTSTP)
 _UCRED = struct.Struct("iII")
+# Sent by the tracer to the launcher: kill the init, and so the namespace.
+TEARDOWN_SIGNAL = signal.SIGUSR1
 
 
 class LaunchError(Exception):
@@ -142,15 +145,32 @@ class Launcher:
             os.kill(self.pid, signal.SIGKILL)  # our own, unreaped child: the pid is still ours
         self.reap()
 
-    def reap(self) -> int | None:
-        """Wait for the launcher: it exits once nothing is left in the namespace."""
+    def reap(self, grace: float = 2.0) -> int | None:
+        """Wait for the launcher: it exits once nothing is left in the namespace.
+
+        A process the tracer does not follow (a clone with CLONE_UNTRACED)
+        could keep the namespace alive: after `grace` seconds the launcher
+        is told (TEARDOWN_SIGNAL) to kill its init, which takes the whole
+        namespace with it; the launcher exits once that is done.
+        """
         if self._reaped:
             return None
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            pidfd = None  # already reaped by a wait for any child
+        if pidfd is not None:
+            try:
+                exited, _, _ = select.select([pidfd], [], [], grace)
+                if not exited:
+                    signal.pidfd_send_signal(pidfd, TEARDOWN_SIGNAL)
+            finally:
+                os.close(pidfd)
         self._reaped = True
         try:
             _pid, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
-            return None  # a wait for any child got it first
+            return None
         return status
 
 
@@ -241,6 +261,7 @@ def main(args: list[str]) -> None:
         _fail(EXIT_SANDBOX_FAILED, f"sandbox: {exc}", options.ready_fd)
     if init == 0:
         _init(options, private_network)
+    signal.signal(TEARDOWN_SIGNAL, lambda _sig, _frame: os.kill(init, signal.SIGKILL))
     for fd in (options.ready_fd, options.spec_fd):
         if fd is not None:
             os.close(fd)

@@ -97,7 +97,21 @@ def machine_files() -> None:
         attempt(f"open-{path}", lambda path=path: os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
+def untraced_child(sleeper: str) -> None:
+    """Leave a child the tracer does not follow (CLONE_UNTRACED), then exit."""
+    clone_untraced, sigchld = 0x00800000, 17
+    try:
+        pid = syscall(56, clone_untraced | sigchld, 0, 0, 0, 0)  # a fork, untraced
+    except OSError as exc:
+        report("clone-untraced", None, exc.errno or 0)
+        return
+    if pid == 0:
+        os.execv(sleeper, [sleeper, "3600"])
+    print("clone-untraced ESCAPED", flush=True)  # out of the tracer's sight, not out of the sandbox
+
+
 ATTACKS = {
+    "untraced-child": lambda args: untraced_child(args[0]),
     "ptrace": lambda args: ptrace_escape(int(args[0])),
     "vsock": lambda args: vsock_unmask(args[0]),
     "init-sockets": lambda args: init_sockets(*args),
