@@ -342,3 +342,23 @@ def test_tclo_start_twice_is_an_error() -> None:
 def test_hypercall_dx(op: BackdoorOp, port: int, flags: int) -> None:
     call = BackdoorCall(op, Registers(dx=pack16(5, port)))
     assert hypercall_dx(call) == pack16(5, flags)
+
+
+def test_a_late_answer_from_before_a_restart_is_dropped() -> None:
+    vmx, _, clock, channel = make()
+    handler = Handler()  # answers only when the test says
+    channel.start(handler)
+    vmx.tclo.commands.append(b"ping")
+    clock.advance(0)
+    assert len(handler.pending) == 1
+    result_of(channel.stop())
+    channel.start(handler)  # the same handler, a new run of the loop
+    vmx.tclo.commands.append(b"reset")
+    clock.advance(0)
+    handler.pending[0].callback(b"OK late")
+    clock.advance(1)
+    assert b"OK late" not in vmx.tclo.replies
+    handler.pending[1].callback(b"OK ATR toolbox")
+    clock.advance(1)
+    assert vmx.tclo.replies[-1:] == [b"OK ATR toolbox"]
+    assert channel.polling

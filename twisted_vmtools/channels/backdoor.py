@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TypeVar
 
+from automat import MethodicalMachine
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -131,7 +132,8 @@ class BackdoorChannel:
         self._poll_call: IDelayedCall | None = None
         self._reply: bytes | None = None  # goes out with the next poll
         self._empty_polls = 0
-        self._stopped = False
+        self._generation = 0  # one per start: which run of the loop a handler's answer belongs to
+        self._stopped = False  # after stop, RPCI is refused too
 
     def _run(self, steps: Generator[BackdoorCall, BackdoorResult, T]) -> T:
         return run_steps(steps, self._execute)  # type: ignore[return-value]
@@ -174,18 +176,101 @@ class BackdoorChannel:
         self._rpci = self._discard(self._rpci)
         return defer.succeed(None)
 
-    # -- TCLO
+    # -- TCLO: the poll loop, as a state machine
+    #
+    #   idle --start--> waiting --(poll: a command)--> handling --answered--> waiting
+    #                   waiting --(poll: nothing or an error)--> waiting, later
+    #   any --stop--> idle; a handler's answer after stop is dropped.
+
+    _loop = MethodicalMachine()
+
+    @_loop.state(initial=True)
+    def _idle(self) -> None:
+        "Not polling: before start, after stop."
+
+    @_loop.state()
+    def _waiting(self) -> None:
+        "A poll is scheduled on the clock; the last reply (if any) goes out with it."
+
+    @_loop.state()
+    def _handling(self) -> None:
+        "The handler has a command; no poll until it answers (the VMX waits too)."
+
+    @_loop.input()
+    def _begin(self, handler: ITCLOHandler) -> None:
+        "start()"
+
+    @_loop.input()
+    def _received(self, command: bytes) -> None:
+        "A poll brought a command."
+
+    @_loop.input()
+    def _quiet(self, delay: float) -> None:
+        "A poll brought nothing, or failed: poll again after ``delay``."
+
+    @_loop.input()
+    def _answered(self, reply: bytes) -> None:
+        "The handler answered the command."
+
+    @_loop.input()
+    def _end(self) -> None:
+        "stop()"
+
+    @_loop.output()
+    def _take_handler(self, handler: ITCLOHandler) -> None:
+        self._handler = handler
+        self._generation += 1
+        self._schedule(0)
+
+    @_loop.output()
+    def _dispatch(self, command: bytes) -> None:
+        self._empty_polls = 0
+        handler = self._handler
+        assert handler is not None
+        try:
+            answer = handler.handle(command)
+        except Exception:
+            answer = defer.fail()
+        answer.addErrback(self._handler_failed, command)
+        answer.addCallback(self._deliver, self._generation)
+
+    @_loop.output()
+    def _poll_later(self, delay: float) -> None:
+        self._schedule(delay)
+
+    @_loop.output()
+    def _reply_at_next_poll(self, reply: bytes) -> None:
+        self._reply = reply
+        self._schedule(0)
+
+    @_loop.output()
+    def _cancel_poll(self) -> None:
+        if self._poll_call is not None and self._poll_call.active():
+            self._poll_call.cancel()
+        self._poll_call = None
+
+    @_loop.output()
+    def _drop_handler(self) -> None:
+        self._handler = None
+        self._reply = None
+
+    _idle.upon(_begin, enter=_waiting, outputs=[_take_handler])
+    _waiting.upon(_received, enter=_handling, outputs=[_dispatch])
+    _waiting.upon(_quiet, enter=_waiting, outputs=[_poll_later])
+    _handling.upon(_answered, enter=_waiting, outputs=[_reply_at_next_poll])
+    _idle.upon(_answered, enter=_idle, outputs=[])  # the answer to a command from before stop
+    _waiting.upon(_end, enter=_idle, outputs=[_cancel_poll, _drop_handler])
+    _handling.upon(_end, enter=_idle, outputs=[_drop_handler])
+    _idle.upon(_end, enter=_idle, outputs=[])
 
     def start(self, tclo: ITCLOHandler) -> None:
         if self._handler is not None:
             raise RuntimeError("the backdoor channel's TCLO loop is already running")
-        self._handler = tclo
         self._stopped = False
-        self._schedule(0)
+        self._begin(tclo)
 
     def _schedule(self, delay: float) -> None:
-        if not self._stopped:
-            self._poll_call = self._clock.callLater(delay, self._poll)
+        self._poll_call = self._clock.callLater(delay, self._poll)
 
     def _poll(self) -> None:
         self._poll_call = None
@@ -202,30 +287,24 @@ class BackdoorChannel:
             )
             self._tclo = self._discard(self._tclo)
             self._empty_polls = 0
-            self._schedule(self._error_delay)
+            self._quiet(self._error_delay)
             return
-        if not command:
-            self._schedule(POLL_DELAYS[min(self._empty_polls, len(POLL_DELAYS) - 1)])
-            self._empty_polls += 1
+        if command:
+            self._received(command)
             return
-        self._empty_polls = 0
-        assert self._handler is not None
-        try:
-            answer = self._handler.handle(command)
-        except Exception:
-            answer = defer.fail()
-        answer.addErrback(self._handler_failed, command)
-        answer.addCallback(self._answered)
+        delay = POLL_DELAYS[min(self._empty_polls, len(POLL_DELAYS) - 1)]
+        self._empty_polls += 1
+        self._quiet(delay)
 
     def _handler_failed(self, failure: Failure, command: bytes) -> bytes:
         self.log.failure("TCLO handler failed on {command!r}", failure, command=command[:64])
         return HANDLER_FAILED
 
-    def _answered(self, reply: bytes) -> None:
-        if self._stopped:
-            return
-        self._reply = reply
-        self._schedule(0)
+    def _deliver(self, reply: bytes, generation: int) -> None:
+        # A loop stopped and started again must not take a late reply to a command of
+        # its previous run for the answer to a new one.
+        if generation == self._generation:
+            self._answered(reply)
 
     @property
     def polling(self) -> bool:
@@ -234,10 +313,7 @@ class BackdoorChannel:
 
     def stop(self) -> Deferred[None]:
         self._stopped = True
-        self._handler = None
-        if self._poll_call is not None and self._poll_call.active():
-            self._poll_call.cancel()
-        self._poll_call = None
+        self._end()
         self._tclo = self._discard(self._tclo)
         self._rpci = self._discard(self._rpci)
         return defer.succeed(None)
