@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.client import ContentDecoderAgent, GzipDecoder, RedirectAgent, ResponseNeverReceived, readBody
+from twisted.web.client import (
+    ContentDecoderAgent,
+    CookieAgent,
+    GzipDecoder,
+    RedirectAgent,
+    ResponseNeverReceived,
+    readBody,
+)
 from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request, Site
@@ -85,6 +93,15 @@ class Hang(Resource):
         return NOT_DONE_YET
 
 
+class Cookie(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        seen = request.getCookie(b"visit")
+        request.addCookie(b"visit", b"yes", path=b"/")
+        return b"seen " + (seen or b"nothing")
+
+
 class Text(Resource):
     isLeaf = True
 
@@ -107,6 +124,7 @@ def site(hang: Hang) -> Site:
     root.putChild(b"redirect", Redirect(b"/hello"))
     root.putChild(b"gzip", EncodingResourceWrapper(Text(b"squeeze " * 1000), [GzipEncoderFactory()]))
     root.putChild(b"hang", hang)
+    root.putChild(b"cookie", Cookie())
     return Site(root)
 
 
@@ -173,12 +191,17 @@ async def test_get_post_chunked_404(vmx: Path, server: tuple[str, Hang]) -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_composes_with_redirects_and_gzip(vmx: Path, server: tuple[str, Hang]) -> None:
+async def test_composes_with_redirects_cookies_and_gzip(vmx: Path, server: tuple[str, Hang]) -> None:
     url, _ = server
     guest_agent = await agent(vmx)
     response = await RedirectAgent(guest_agent).request(b"GET", (url + "/redirect").encode())
     assert response.code == 200
     assert await readBody(response) == b"hello from the guest"
+
+    cookies = CookieAgent(guest_agent, CookieJar())
+    first = await readBody(await cookies.request(b"GET", (url + "/cookie").encode()))
+    second = await readBody(await cookies.request(b"GET", (url + "/cookie").encode()))
+    assert (first, second) == (b"seen nothing", b"seen yes")
 
     decoding = ContentDecoderAgent(guest_agent, [(b"gzip", GzipDecoder)])
     response = await decoding.request(b"GET", (url + "/gzip").encode())
