@@ -282,3 +282,29 @@ async def test_cli_prints_like_curl_i(vmx: Path, server: tuple[str, Hang]) -> No
     assert out.endswith(b"3 " + hashlib.sha256(b"abc").hexdigest().encode())
     out, err, code = await sim("GET", "https://127.0.0.1:1/")
     assert code == 1 and b"only http://" in err
+
+
+@pytest.fixture(scope="module")
+def trapped_vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The guest under the simulator's trap engine, talking to it through the real backdoor instructions."""
+    pytest.importorskip("twisted_vmtools._backdoor")
+    base = tmp_path_factory.mktemp("web-trapped")
+    path = base / "vmx.sock"
+    simulator = start_simulator(path, *TWISTD, "vmtools", "--transport", "backdoor", "--guestinfo-interval", "0",
+                                "--auth", "none", log=base / "serve.log")
+    try:
+        wait_for(lambda: running(path), "the trapped tools to run", timeout=90)
+        yield path
+    finally:
+        stop(simulator)
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_the_trapped_backdoor(trapped_vmx: Path, server: tuple[str, Hang]) -> None:
+    url, _ = server
+    client = HTTPClient(await agent(trapped_vmx))
+    response = await client.get(url + "/hello")
+    assert (response.code, await response.content()) == (200, b"hello from the guest")
+    body = os.urandom(256 * 1024)
+    response = await client.post(url + "/echo", data=body)
+    assert await response.content() == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
