@@ -23,6 +23,7 @@ def test_wheel_ships_the_plugin_the_extension_and_the_commands(tmp_path: Path) -
     (wheel,) = tmp_path.glob("twisted_vmtools-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/vmtools.py" in names
+    assert "twisted/plugins/vmtools_vsock.py" in names  # the vsock: endpoint parser
     assert "twisted/plugins/__init__.py" not in names  # it would hide every other plugin
     assert "twisted/__init__.py" not in names
     assert any(n.startswith("twisted_vmtools/_backdoor") and n.endswith(".so") for n in names)

@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -361,3 +362,40 @@ async def test_real_connector_runs_off_the_reactor_and_refuses_outside_vmware() 
     assert isinstance(connecting, Deferred)
     with pytest.raises(ChannelError, match="not a VMware VM"):
         await connecting
+
+
+@pytest.mark.parametrize(
+    ("description", "port", "privileged"),
+    [("vsock:976", 976, False), ("vsock:port=975", 975, False), ("vsock:port=976:privileged=1", 976, True),
+     ("vsock:976:privileged=no", 976, False)],
+)
+def test_vsock_client_endpoint_strings(description: str, port: int, privileged: bool) -> None:
+    # Parsed only: nothing here connects (a real vsock connect refuses outside VMware anyway).
+    from twisted.internet.endpoints import clientFromString
+
+    endpoint = clientFromString(Clock(), description)
+    assert isinstance(endpoint, vsock.VsockEndpoint)
+    assert (endpoint.port, endpoint.privileged) == (port, privileged)
+
+
+@pytest.mark.parametrize(
+    ("description", "message"),
+    [("vsock:", "port number"), ("vsock:abc", "port number"), ("vsock:4294967296", "port number"),
+     ("vsock:1:2", "one port"), ("vsock:1:cid=3", "not cid"), ("vsock:1:privileged=maybe", "1 or 0")],
+)
+def test_bad_vsock_client_endpoint_strings(description: str, message: str) -> None:
+    from twisted.internet.endpoints import clientFromString
+
+    with pytest.raises(ValueError, match=message):
+        clientFromString(Clock(), description)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parsed_vsock_endpoint_connects_through_its_connector() -> None:
+    connector = PairConnector()
+    endpoint = vsock.parse_vsock_client(reactor, "975", connector=connector)
+    protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+    peer = await connector.peers[TCLO_PORT].get()
+    assert protocol.transport.getPeer() == vsock.VsockAddress(vsock.HYPERVISOR_CID, TCLO_PORT)  # type: ignore[union-attr]
+    protocol.transport.loseConnection()  # type: ignore[union-attr]
+    del peer

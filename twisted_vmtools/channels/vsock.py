@@ -246,6 +246,40 @@ class VsockEndpoint:
         return protocol
 
 
+_TRUE, _FALSE = ("1", "yes", "true"), ("0", "no", "false")
+
+
+def parse_vsock_client(
+    reactor: Any, *args: str, connector: Connector | None = None, **kwargs: str
+) -> VsockEndpoint:
+    """The endpoint ``vsock:PORT`` or ``vsock:port=PORT[:privileged=1]`` names: the hypervisor's port.
+
+    ``privileged`` connects from a port below 1024, as the tools do for RPCI
+    (the VMX trusts such a caller as root).  The default ``connector`` runs
+    `vsock_connect` in the thread pool, which refuses outside a VMware VM.
+    """
+    options = dict(kwargs)
+    if args:
+        if len(args) > 1 or "port" in options:
+            raise ValueError(f"vsock: takes one port, not {[*args, *options.values()]!r}")
+        options["port"] = args[0]
+    unknown = set(options) - {"port", "privileged"}
+    if unknown:
+        raise ValueError(f"vsock: knows port= and privileged=, not {', '.join(sorted(unknown))}")
+    port = options.get("port", "")
+    if not (port.isascii() and port.isdigit() and int(port) <= 0xFFFFFFFF):
+        raise ValueError(f"vsock: needs a port number from 0 to 4294967295, not {port!r}")
+    privileged = options.get("privileged", "0").lower()
+    if privileged not in _TRUE + _FALSE:
+        raise ValueError(f"vsock: privileged= is 1 or 0, not {privileged!r}")
+    return VsockEndpoint(
+        reactor,
+        int(port),
+        privileged=privileged in _TRUE,
+        connector=connector if connector is not None else threaded_connector(reactor),
+    )
+
+
 class VsockTCLOProtocol(GuestTCLOProtocol):
     preamble = b""  # port 975 is TCLO
 
