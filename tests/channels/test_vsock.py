@@ -396,6 +396,6 @@ async def test_a_parsed_vsock_endpoint_connects_through_its_connector() -> None:
     endpoint = vsock.parse_vsock_client(reactor, "975", connector=connector)
     protocol = await endpoint.connect(Factory.forProtocol(Protocol))
     peer = await connector.peers[TCLO_PORT].get()
-    assert protocol.transport.getPeer() == vsock.VsockAddress(vsock.HYPERVISOR_CID, TCLO_PORT)  # type: ignore[union-attr]
-    protocol.transport.loseConnection()  # type: ignore[union-attr]
+    assert protocol.transport.getPeer() == vsock.VsockAddress(vsock.HYPERVISOR_CID, TCLO_PORT)  # type: ignore[attr-defined]
+    protocol.transport.loseConnection()  # type: ignore[attr-defined]
     del peer
