@@ -229,7 +229,7 @@ async def test_https_is_a_typed_error(vmx: Path) -> None:
 
 async def _no_round_trips_left(ops: Any) -> bool:
     listed = await ops.list_processes(ops.default_login)
-    return not any(p.name == "http.RoundTrip" and not p.end_time for p in listed)
+    return not any(p.cmd == "http.RoundTrip" and not p.end_time for p in listed)
 
 
 @pytest_twisted.ensureDeferred

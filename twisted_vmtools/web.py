@@ -100,16 +100,9 @@ class GuestAgent:
         agent = Agent.usingEndpointFactory(self.reactor, _OneEndpoint(exchange),
                                            pool=HTTPConnectionPool(self.reactor, persistent=False))
         body = _CompletionProducer(bodyProducer, exchange) if bodyProducer is not None else None
-        requesting = agent.request(method, uri, headers, body)
-        timer = self.reactor.callLater(self.timeout, exchange.time_out)
-        requesting.addBoth(_cancel_timer, timer)
-        return requesting.addErrback(_plain_error)
-
-
-def _cancel_timer(result: object, timer: Any) -> object:
-    if timer.active():
-        timer.cancel()
-    return result
+        # The whole exchange, body included, is bounded: a reply that stops half-way is cut off too.
+        exchange.timer = self.reactor.callLater(self.timeout, exchange.time_out)
+        return agent.request(method, uri, headers, body).addErrback(_plain_error)
 
 
 def _plain_error(failure: Failure) -> Failure:
@@ -176,6 +169,7 @@ class _Exchange:
         self.timed_out = False
         self.disconnecting = False
         self._resume: Deferred[None] | None = None
+        self.timer: Any = None
 
     # -- the endpoint -----------------------------------------------------------------------------------------
 
@@ -351,6 +345,8 @@ class _Exchange:
         self._lost(reason)
 
     def _lost(self, reason: Failure) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
         self.resumeProducing()
         if self.protocol is not None:
             self.protocol.connectionLost(reason)
