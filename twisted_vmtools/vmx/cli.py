@@ -30,6 +30,7 @@ from .control import (
 )
 from .guest_cli import add_guest_parser, run_guest
 from .model import ARROWS
+from .power_cli import add_power_parser, run_power
 from .stores import GuestInfoRefused
 
 
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rpclog = with_socket(sub.add_parser("log", help="the last RPCs the VMX saw, both directions"))
     rpclog.add_argument("--last", type=int, default=50, help="how many (at most 100)")
+
+    add_power_parser(sub, with_socket)
 
     demo = sub.add_parser("demo", help="run our guest tools against an embedded VMX and show what it sees")
     demo.add_argument("--socket", default=None, help="socket path (default: a temporary one)")
@@ -174,6 +177,8 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         return await _log(reactor, args)
     if args.command == "guest":
         return await run_guest(reactor, args, _control)
+    if args.command == "power":
+        return await run_power(lambda: _control(reactor, args.socket), args)
     if args.command == "demo":
         # The demo is an application above both stacks; the simulator's CLI only starts it,
         # and loads it (and with it the guest side) only for this command.

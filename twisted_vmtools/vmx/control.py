@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
@@ -21,6 +21,7 @@ from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretErr
 from .backpressure import ReadsPausedByWrites
 from .model import VMX
 from .ratelimit import RateLimitedLog
+from .power import PowerOp, power_responder
 from .stores import GuestInfoRefused
 from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
 
@@ -276,6 +277,10 @@ class ControlServer(amp.AMP, ReadsPausedByWrites):
                 for r in records
             ]
         }
+
+    @PowerOp.responder
+    def power(self, operation: str, timeout: float) -> object:
+        return ensureDeferred(power_responder(self.vmx, operation, timeout))
 
     @GuestInfoSet.responder
     def guestinfo_set(self, key: str, value: bytes) -> dict[str, object]:

@@ -118,6 +118,10 @@ class VMX:
     def observe(self, observer: Callable[[RPCRecord], None]) -> None:
         self._observers.append(observer)
 
+    def unobserve(self, observer: Callable[[RPCRecord], None]) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
     @property
     def running(self) -> bool:
         """Alive and registered: tools that never answered Capabilities_Register are not "running",
@@ -175,7 +179,7 @@ class VMX:
     def _record(self, direction: str, channel: str, data: bytes) -> None:
         record = RPCRecord(self.clock.seconds(), direction, channel, data)  # the model's clock, not the wall's
         self.records.append(record)  # cut to the log's caps; observers (--trace) see it whole
-        for observer in self._observers:
+        for observer in list(self._observers):  # one may leave while being told
             observer(record)
 
 
