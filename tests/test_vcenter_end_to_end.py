@@ -12,6 +12,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -54,12 +55,12 @@ def test_status_shows_this_machine_right_after_the_guest_starts(vm: tuple[Path, 
 
     # Long before the 30 s poll interval: the first report follows Capabilities_Register.
     wait_for(reported, "the first guest-info report", timeout=25)
-    seen = status(path)
+    seen: dict[str, Any] = status(path)
     assert seen["guest.toolsRunningStatus"] == "guestToolsRunning"
     assert seen["guest.hostName"] == socket.gethostname()
-    assert {nic["macAddress"] for nic in seen["guest.net"]} <= this_machines_macs()  # type: ignore[union-attr]
-    assert all(nic["connected"] for nic in seen["guest.net"])  # type: ignore[union-attr]
-    disks = {disk["diskPath"]: disk for disk in seen["guest.disk"]}  # type: ignore[union-attr]
+    assert {nic["macAddress"] for nic in seen["guest.net"]} <= this_machines_macs()
+    assert all(nic["connected"] for nic in seen["guest.net"])
+    disks = {disk["diskPath"]: disk for disk in seen["guest.disk"]}
     root = os.statvfs("/")
     if "/" in disks:
         assert disks["/"]["capacity"] == root.f_blocks * root.f_bsize
