@@ -20,8 +20,8 @@ from ..codecs.stream import StreamKind
 from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, peer_of, proof
 from .backpressure import ReadsPausedByWrites
 from .model import VMX
-from .ratelimit import RateLimitedLog
 from .power import PowerOp, power_responder
+from .ratelimit import RateLimitedLog
 from .stores import GuestInfoRefused
 from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
 
