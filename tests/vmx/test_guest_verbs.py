@@ -165,7 +165,7 @@ def account(shared: Path) -> Iterator[tuple[str, str]]:
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
         yield name, password
     finally:
-        remove_account(name, home=True)
+        remove_account(name)
 
 
 def test_an_unprivileged_account(pam_guest: Path, account: tuple[str, str], shared: Path) -> None:
