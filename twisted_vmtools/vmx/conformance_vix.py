@@ -196,7 +196,17 @@ async def _raw(ctx: Context, args: bytes) -> str:
         reply = await ctx.send(vix.RELAYED_COMMAND + b" " + args)
     except Exception as error:
         return f"no reply ({type(error).__name__})"
-    return repr(reply.decode("utf-8", "replace"))
+    return repr(_errno_hidden(reply.decode("utf-8", "replace")))
+
+
+# vmtoolsd fills a failed relayed command's additional error with whatever errno its
+# process last left behind (foundryToolsDaemon's Err_Errno()), 0 or 2 from one run to the
+# next; the Vix code before it is what a client acts on, so only that is compared.
+_FAILED_REPLY = re.compile(r"^(OK [1-9][0-9]*) -?[0-9]+")
+
+
+def _errno_hidden(reply: str) -> str:
+    return _FAILED_REPLY.sub(r"\1 <errno>", reply, count=1)
 
 
 def _truncated(ctx: Context) -> bytes:
