@@ -121,6 +121,7 @@ def test_ipv6_routes() -> None:
             for r in routes] == [
         ("fd00::", 64, None, 1, InetCidrRouteType.LOCAL, 256),
         ("::", 0, "fd00::1", 1, InetCidrRouteType.REMOTE, 1024),
+        ("ff00::", 8, None, 1, InetCidrRouteType.LOCAL, 256),  # multicast: vmtoolsd reports it too
     ]
 
 
@@ -138,6 +139,7 @@ def test_resolv_conf() -> None:
                                 + "search " + " ".join(f"s{i}.example" for i in range(12)) + " " + "x" * 300)
     assert len(limited.servers) == 16 and len(limited.search_suffixes) == 10
     assert parse_resolv_conf("domain corp.example\n").domain_name == "corp.example"
+    assert parse_resolv_conf("nameserver 192.0.2.53\n").domain_name == ""  # present and empty, as vmtoolsd sends
 
 
 def test_os_names() -> None:

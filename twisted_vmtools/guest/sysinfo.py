@@ -355,7 +355,8 @@ def parse_ipv4_routes(text: str, nic_index: Mapping[str, int]) -> list[InetCidrR
 
 
 def parse_ipv6_routes(text: str, nic_index: Mapping[str, int]) -> list[InetCidrRouteEntry]:
-    """/proc/net/ipv6_route for the NICs in ``nic_index``; multicast routes are left out."""
+    """/proc/net/ipv6_route for the NICs in ``nic_index``: every route that is up, multicast
+    (``ff00::/8``) included, as vmtoolsd reports them; a next hop only for gateway routes."""
     routes = []
     for line in text.splitlines():
         fields = line.split()
@@ -367,9 +368,9 @@ def parse_ipv6_routes(text: str, nic_index: Mapping[str, int]) -> list[InetCidrR
             length, metric, flags = int(fields[1], 16), int(fields[5], 16), int(fields[8], 16)
         except ValueError:
             continue
-        if not flags & RTF_UP or dest.is_multicast:
+        if not flags & RTF_UP:
             continue
-        next_hop = TypedIpAddress.from_ip(gateway) if not gateway.is_unspecified else None
+        next_hop = TypedIpAddress.from_ip(gateway) if flags & RTF_GATEWAY else None
         routes.append(InetCidrRouteEntry(
             TypedIpAddress.from_ip(dest), length, next_hop, nic_index[fields[9]], _route_type(flags),
             metric & 0xFFFFFFFF,
@@ -399,7 +400,8 @@ def parse_resolv_conf(text: str, host_name: str | None = None) -> DnsConfigInfo:
         domain = suffixes[0]
     fits = [s for s in suffixes if len(s.encode()) <= DNS_NAME_MAX_LEN]
     return DnsConfigInfo(
-        host_name=_fit_name(host_name), domain_name=_fit_name(domain),
+        # vmtoolsd always sends the resolver's default domain, "" when there is none.
+        host_name=_fit_name(host_name), domain_name=_fit_name(domain) or "",
         servers=tuple(servers[:DNS_MAX_SERVERS]), search_suffixes=tuple(fits[:DNS_MAX_SUFFIXES]),
     )
 

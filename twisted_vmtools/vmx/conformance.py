@@ -79,6 +79,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("set-option-bare", "TCLO `Set_Option` (no option)", tclo=b"Set_Option"),
     Scenario("unknown-command", "TCLO `No_Such_Command`", tclo=b"No_Such_Command"),
     Scenario("guest-nics", "guest info: NICs reported (`SetGuestInfo 10`, decoded)"),
+    Scenario("guest-routes", "guest info: routes reported (`guest.ipStack`, decoded)"),
+    Scenario("guest-dns", "guest info: DNS configuration reported (`guest.ipStack`, decoded)"),
+    Scenario("guest-disks", "guest info: disks reported (`guest.disk`: mount point, file system, capacity)"),
+    Scenario("guest-os", "guest info: OS reported (`guest.guestId`, `guestFamily`, `guestFullName`, `osName`)"),
     *(Scenario(step.name, step.what, hgfs=True) for step in HGFS_STEPS),
     *(Scenario(step.name, step.what, vix=True) for step in VIX_STEPS),
 )
@@ -313,6 +317,30 @@ def _nics(vmx: VMX) -> Observation:
     return Observation("; ".join(sorted(shown)))
 
 
+def _reports(status: dict[str, object]) -> dict[str, Observation]:
+    """The decoded routes, DNS, disks and OS, less what changes by the second (free space)."""
+    stack: Any = status.get("guest.ipStack") or []
+    routes = sorted(
+        f"{r['network']}/{r['prefixLength']} via {r['gateway']['ipAddress'] or '-'} dev {r['gateway']['device']}"
+        for entry in stack for r in entry["ipRouteConfig"]["ipRoute"]
+    )
+    dns = [
+        f"host {c['hostName']} domain {c['domainName']} servers {' '.join(c['ipAddress'])} "
+        f"search {' '.join(c['searchDomain'])}"
+        for entry in stack if (c := entry.get("dnsConfig")) is not None
+    ]
+    disks: Any = status.get("guest.disk")
+    os_fields = ("guest.guestId", "guest.guestFamily", "guest.guestFullName", "guest.osName")
+    return {
+        "guest-routes": Observation("; ".join(routes) if stack else "no route report"),
+        "guest-dns": Observation("; ".join(dns) if dns else "no DNS report"),
+        "guest-disks": Observation(
+            "; ".join(sorted(f"{d['diskPath']} {d['filesystemType']} {d['capacity']}" for d in disks))
+            if disks is not None else "no disk report"),
+        "guest-os": Observation(" · ".join(f"{name[6:]}={status.get(name)}" for name in os_fields)),
+    }
+
+
 async def observe(reactor: Any, guest: Guest, account: Account | None = None) -> dict[str, Observation]:
     """Run every scenario against ``guest`` and its own fresh VMX (the Vix ones as ``account``)."""
     with tempfile.TemporaryDirectory(prefix="vmtools-conformance-") as workdir:
@@ -334,6 +362,8 @@ async def observe(reactor: Any, guest: Guest, account: Account | None = None) ->
                     results[scenario.name] = await _tclo_scenario(reactor, vmx, scenario)
             await _wait(reactor, lambda: 10 in vmx.tools.guest_info, 15)
             results["guest-nics"] = _nics(vmx)
+            await _wait(reactor, lambda: vmx.tools.disk_info is not None, 15)
+            results.update(_reports(vmx.status()))
             hgfs = await run_steps(lambda command: vmx.send(command, timeout=10), os.path.join(workdir, "hgfs"))
             results.update((name, Observation(text)) for name, text in hgfs.items())
             vix = await run_vix_steps(lambda command: vmx.send(command, timeout=30), os.path.join(workdir, "vix"),
