@@ -40,7 +40,8 @@ def parse_address(arguments: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) → (host, port); anything else is a `RoundTripError`."""
     host, colon, port = arguments.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not host or "/" in host or any(c.isspace() for c in host) or not port.isdigit() \
+            or not 0 < int(port) < 65536:
         raise RoundTripError(f"http.RoundTrip: the argument must be host:port, not {arguments!r}")
     return host, int(port)
 
@@ -103,12 +104,32 @@ class _Relay(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: N802, B008
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
+        if self.done.called:
+            return  # killed: the process already ended
         if self.timed_out:
             self.done.errback(RoundTripError(f"http.RoundTrip: no reply within {self.timeout:g} s"))
         elif reason.check(ConnectionDone) or self.process.stdout.closed:
             self.done.callback(None)
         else:
             self.done.errback(RoundTripError(f"http.RoundTrip: connection lost: {reason.getErrorMessage()}"))
+
+
+def _cancellable(connecting: Deferred[Any]) -> Deferred[Any]:
+    """``connecting``, but cancelling it fails with CancelledError (a cancelled HostnameEndpoint says
+    "DNS lookup failed", which would read as the connection's own error)."""
+
+    def cancel(guarded: Deferred[Any]) -> None:
+        guarded.errback(CancelledError())
+        connecting.cancel()
+
+    guarded: Deferred[Any] = Deferred(cancel)
+
+    def settle(result: object) -> None:
+        if not guarded.called:
+            guarded.callback(result)
+
+    connecting.addBoth(settle)
+    return guarded
 
 
 class RoundTrip:
@@ -126,7 +147,9 @@ class RoundTrip:
         relay = _Relay(process, self.reactor, self.timeout)
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=max(1, int(self.timeout)))
         try:
-            await endpoint.connect(Factory.forProtocol(lambda: relay))
+            await _cancellable(endpoint.connect(Factory.forProtocol(lambda: relay)))
+        except CancelledError:
+            raise  # killed while connecting: not a connection error
         except Exception as error:
             raise RoundTripError(f"http.RoundTrip: cannot connect to {host}:{port}: {error}") from None
         pumping = ensureDeferred(self._pump_stdin(process, relay))
