@@ -217,10 +217,15 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
     raise AssertionError(args.command)
 
 
+SERVERS = {"serve", "demo", "run", "conformance"}  # long-running commands with peers of their own
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    # `vmtools-sim status | head` should end quietly, as other command-line tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if not SERVERS.intersection(arguments[:1]):
+        # `vmtools-sim status | head` should end quietly, as other command-line tools do.  Never for a
+        # server: a peer hanging up while it writes would kill it silently (EPIPE must stay an error).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     def start(reactor: Any) -> Deferred[None]:
         return ensureDeferred(_main(reactor, arguments)).addCallback(_exit_code)
