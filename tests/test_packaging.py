@@ -28,6 +28,8 @@ def test_wheel_ships_the_plugin_the_extension_and_the_commands(tmp_path: Path) -
     assert "twisted/__init__.py" not in names
     assert any(n.startswith("twisted_vmtools/_backdoor") and n.endswith(".so") for n in names)
     assert "twisted_vmtools/vmx/trap/engine.py" in names
+    assert "twisted_vmtools/py.typed" in names  # type checkers read our hints
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
