@@ -15,7 +15,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from ..simsocket import client_description, default_simulator_socket
+from ..simsocket import UntrustedSocket, client_description, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
 from .control import (
@@ -96,7 +96,10 @@ def _program(args: argparse.Namespace) -> list[str]:
 
 
 async def _control(reactor: object, where: str) -> ControlClient:
-    endpoint = clientFromString(reactor, client_description(where))
+    try:
+        endpoint = clientFromString(reactor, client_description(where))
+    except UntrustedSocket as error:
+        raise SystemExit(f"vmtools-sim: {error}") from None
     try:
         secret = control_secret(where)  # over TCP: from the file VMTOOLS_SIM_SECRET_FILE names
     except SecretError as error:

@@ -14,6 +14,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from ..simsocket import UntrustedSocket, private_directory
 from .access import SECRET_ENV, ControlAccess, load_secret
 from .control import ControlServer
 from .model import VMX, RPCRecord
@@ -93,7 +94,13 @@ def claim_socket(where: str) -> None:
     running simulator off from its guests.
     """
     path = socket_path(where)
-    if path is None or not os.path.lexists(path):
+    if path is None:
+        return
+    try:
+        private_directory(path)  # the default path's directory is made here, ours and 0700
+    except (UntrustedSocket, OSError) as error:
+        raise SocketInUseError(str(error)) from None
+    if not os.path.lexists(path):
         return
     status = os.lstat(path)
     if not stat.S_ISSOCK(status.st_mode):
