@@ -15,9 +15,11 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from .. import __version__
 from ..simsocket import UntrustedSocket, client_description, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
+from .arguments import positive_count, positive_seconds, seconds
 from .control import (
     ControlClient,
     GuestInfoGet,
@@ -36,6 +38,7 @@ from .stores import GuestInfoRefused
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmtools-sim", description="A simulated VMware VMX for guest tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = with_socket(sub.add_parser("serve", help="run a VMX for one guest"))
     serve.add_argument("--trace", action="store_true", help="print every RPC in both directions")
-    serve.add_argument("--ping-interval", type=float, default=5.0, help="seconds between TCLO pings")
+    serve.add_argument("--ping-interval", type=positive_seconds, default=5.0, help="seconds between TCLO pings")
     serve.add_argument("--trap", action="store_true", help="run the command after -- as the guest, trapped")
     serve.add_argument("--low-bandwidth", action="store_true",
                        help="offer no high-bandwidth transfers: trapped guests move messages 4 bytes at a time")
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tclo = with_socket(sub.add_parser("tclo", help="send a TCLO command, print the guest's reply"))
     tclo.add_argument("tclo_command", metavar="COMMAND")
-    tclo.add_argument("--timeout", type=float, default=30.0)
+    tclo.add_argument("--timeout", type=positive_seconds, default=30.0)
 
     guestinfo = with_socket(sub.add_parser("guestinfo", help="read or write the guestinfo store"))
     guestinfo.add_argument("action", choices=["get", "set"])
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     guestinfo.add_argument("value", nargs="?")
 
     rpclog = with_socket(sub.add_parser("log", help="the last RPCs the VMX saw, both directions"))
-    rpclog.add_argument("--last", type=int, default=50, help="how many (at most 100)")
+    rpclog.add_argument("--last", type=positive_count, default=50, help="how many (at most 100)")
 
     add_power_parser(sub, with_socket)
 
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a program as a trapped guest of its own VMX; exit with its code")
     run.add_argument("--trace", action="store_true")
     run.add_argument("--low-bandwidth", action="store_true", help="offer no high-bandwidth transfers")
-    run.add_argument("--timeout", type=float, help="end the program (SIGTERM, then SIGKILL) after this many seconds")
+    run.add_argument("--timeout", type=seconds, help="end the program (SIGTERM, then SIGKILL) after this many seconds")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     return parser
 

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from ..codecs.vix import Credentials
+from .arguments import positive_seconds
 from .control import ControlClient, SendTCLO
 from .guest_cli import VERBS, Verb, hgfs_client
 from .guest_operations import FileAttributes, GuestOperationError, GuestOperations, ProgramSpec
@@ -370,7 +371,7 @@ def _http_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", dest="data", default=None,
                         help="the request body ('@FILE': a file's content, '-': standard input)")
     parser.add_argument("-H", dest="headers", action="append", default=[], help="'Name: value' (repeatable)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole round trip")
+    parser.add_argument("--timeout", type=positive_seconds, default=60.0, help="seconds for the whole round trip")
 
 
 @verb("http", "an HTTP request made from inside the guest (http.RoundTrip), printed like curl -i", _http_arguments)

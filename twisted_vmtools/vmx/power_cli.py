@@ -7,13 +7,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .arguments import positive_seconds
 from .power import OPERATIONS, PowerOp
 
 
 def add_power_parser(sub: Any, with_socket: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
     power = with_socket(sub.add_parser("power", help="send OS_Halt/OS_Reboot/OS_Suspend, print the guest's report"))
     power.add_argument("operation", choices=sorted(OPERATIONS), help="shutdown (OS_Halt), reboot, standby (OS_Suspend)")
-    power.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the state-change report")
+    power.add_argument("--timeout", type=positive_seconds, default=60.0,
+                       help="seconds to wait for the state-change report")
 
 
 async def run_power(control: Callable[[], Awaitable[Any]], args: argparse.Namespace) -> int:
