@@ -50,14 +50,10 @@ class IFileHandle(Interface):
         """Cut off (session gone, tools stopping): undo what is not committed."""
 
 
-@implementer(IFileHandle)
-class DiskFile:
-    """A file opened in place: reads and writes at the offsets asked for (pread/pwrite)."""
+class _PositionalIO:
+    """Reads and writes at the offsets asked for (pread/pwrite) on ``self.fd``."""
 
-    def __init__(self, path: str, flags: int, mode: int = 0o644) -> None:
-        self.name = path
-        # Not through a symlink at the end of the path: vmtoolsd opens with O_NOFOLLOW too.
-        self.fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    fd: int
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -66,6 +62,16 @@ class DiskFile:
         if append:
             offset = os.fstat(self.fd).st_size
         return os.pwrite(self.fd, data, offset)
+
+
+@implementer(IFileHandle)
+class DiskFile(_PositionalIO):
+    """A file opened in place: reads and writes at the offsets asked for (pread/pwrite)."""
+
+    def __init__(self, path: str, flags: int, mode: int = 0o644) -> None:
+        self.name = path
+        # Not through a symlink at the end of the path: vmtoolsd opens with O_NOFOLLOW too.
+        self.fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
 
     def close(self) -> None:
         self._release()
@@ -133,7 +139,7 @@ def is_upload_temp(name: str) -> bool:
 
 
 @implementer(IFileHandle)
-class SafeUpload:
+class SafeUpload(_PositionalIO):
     """A file replaced as a whole: written beside the target, renamed into place on close.
 
     A new file gets ``mode`` less the umask (as open() would give it); one that
@@ -161,14 +167,6 @@ class SafeUpload:
             raise
         if keep_mode is not None:
             os.fchmod(self.fd, keep_mode)  # replacing a file keeps its mode, as an O_TRUNC open would
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def write(self, offset: int, data: bytes, append: bool) -> int:
-        if append:
-            offset = os.fstat(self.fd).st_size
-        return os.pwrite(self.fd, data, offset)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
