@@ -13,6 +13,7 @@ from .guest.guestinfo import DEFAULT_INTERVAL
 from .guest.hgfs_files import UploadJournal
 from .guest.netinfo import primary_ip
 from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
+from .heap import keep_packets_in_heap
 from .service import ToolsService, default_features
 from .simsocket import client_description, default_simulator_socket
 from .tap_power import POWER_PARAMETERS, check_power_options, power_handler
@@ -111,6 +112,7 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    keep_packets_in_heap()  # HGFS packets of 520 KB, each read and answered without page faults
     trace = bool(options["trace"])
     if options["simulate"]:
         from .channels.stream import StreamChannel

@@ -16,6 +16,7 @@ from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from .. import __version__
+from ..heap import keep_packets_in_heap
 from ..simsocket import UntrustedSocket, client_description, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
@@ -228,6 +229,7 @@ SERVERS = {"serve", "demo", "run", "conformance"}  # long-running commands with 
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    keep_packets_in_heap()  # HGFS transfers (guest upload/download, serve) move 520 KB packets
     if not SERVERS.intersection(arguments[:1]):
         # `vmtools-sim status | head` should end quietly, as other command-line tools do.  Never for a
         # server: a peer hanging up while it writes would kill it silently (EPIPE must stay an error).
