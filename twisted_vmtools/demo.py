@@ -13,11 +13,13 @@ from .protocols.rpci import RPCIError
 from .service import ToolsService
 from .simsocket import client_description
 from .vmx.model import VMX, RPCRecord
+from .vmx.rpc_text import readable
 from .vmx.simulator import SimulatorService
 
 
 def _show(record: RPCRecord) -> None:
-    print(f"    {record.arrow}  {record.data.decode('utf-8', 'replace').rstrip(chr(0))!r}")
+    text = readable(record.data.rstrip(b"\0"))  # the NUL some guests end a request with says nothing
+    print(f"    {record.arrow}  {text}")
 
 
 async def _wait_running(reactor: IReactorTime, vmx: VMX, seconds: float = 10.0) -> bool:

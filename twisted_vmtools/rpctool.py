@@ -7,6 +7,7 @@ transport failure it prints the reason on stderr and exits 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,11 +15,13 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
+from . import __version__
 from .protocols.rpci import RPCI, RPCIError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmtools-rpctool", description="Send one RPCI request to the VMX.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--transport", "-t", default="auto", help="auto, backdoor, vsock, unix:PATH, tcp:HOST:PORT")
     parser.add_argument("request", help="the request, e.g. 'info-get guestinfo.ip'")
     return parser
@@ -52,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     async def run(reactor: Any) -> None:
-        code = await send_one(reactor, args.transport, args.request.encode())
+        # The request's own bytes, also those that are not UTF-8 (sys.argv keeps them as escapes).
+        code = await send_one(reactor, args.transport, os.fsencode(args.request))
         if code:
             raise SystemExit(code)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 
 from tests.support import Harness
 from twisted_vmtools.vmx.control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
+from twisted_vmtools.vmx.power import PowerOp
+from twisted_vmtools.vmx.tclo_queue import NoGuest
 
 
 def control(harness: Harness) -> ControlClient:
@@ -52,3 +55,42 @@ def test_rpci_beyond_the_vmx_limit_is_refused_over_the_stream_too() -> None:
     assert refused.value.reply == b"Message too long"  # type: ignore[attr-defined]
     assert "guestinfo.huge" not in harness.vmx.guestinfo
     assert harness.rpci(b"info-set guestinfo.small fine") == b""
+
+
+def test_tclo_with_no_guest_connected_fails_at_once() -> None:
+    harness = Harness()  # the guest never starts
+    client = control(harness)
+    sent: list[tuple[type, dict[str, object]]] = [
+        (SendTCLO, {"command": b"ping", "timeout": 30.0}), (PowerOp, {"operation": "shutdown", "timeout": 30.0})
+    ]
+    for amp_command, arguments in sent:
+        results: list[object] = []
+        client.callRemote(amp_command, **arguments).addBoth(results.append)
+        harness.settle()  # no time passes: the answer must not wait for a timeout
+        (failure,) = results
+        assert isinstance(failure, Failure) and failure.check(NoGuest), failure
+        assert failure.getErrorMessage() == "no guest is connected to the simulator"
+    assert harness.vmx.tclo.busy is False and [r for r in harness.vmx.records if r.direction == "tclo-out"] == []
+
+
+def test_channels_are_numbered_per_kind_and_control_clients_take_no_number() -> None:
+    harness = Harness()
+    for _ in range(3):
+        call(harness, control(harness), Status)
+    harness.start()
+    assert harness.vmx.connected_channels == {"tclo#1"}
+    assert {r.channel for r in harness.vmx.records} == {"tclo#1", "rpci#1"}
+    call(harness, control(harness), Status)
+    harness.rpci(b"info-get guestinfo.none")
+    assert {r.channel for r in harness.vmx.records} == {"tclo#1", "rpci#1"}  # one RPCI connection, reused
+
+
+def test_guestinfo_keys_and_values_are_any_bytes() -> None:
+    harness = Harness()
+    harness.start()
+    client = control(harness)
+    call(harness, client, GuestInfoSet, key=b"guestinfo.caf\xe9", value=b"\xff")
+    assert harness.rpci(b"info-get guestinfo.caf\xe9") == b"\xff"  # the guest names the same bytes
+    assert call(harness, client, GuestInfoGet, key="guestinfo.caf\udce9") == {"found": True, "value": b"\xff"}
+    status = json.loads(call(harness, client, Status)["status"])  # type: ignore[arg-type]
+    assert status["guestinfo.caf\\xe9"] == "\ufffd"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -32,8 +33,9 @@ from .control import (
     control_secret,
 )
 from .guest_cli import add_guest_parser, run_guest
-from .model import ARROWS
+from .model import RPCRecord
 from .power_cli import add_power_parser, run_power
+from .rpc_text import record_line
 from .stores import GuestInfoRefused
 
 
@@ -130,7 +132,8 @@ async def _status(reactor: object, args: argparse.Namespace) -> int:
 async def _tclo(reactor: object, args: argparse.Namespace) -> int:
     client = await _control(reactor, args.socket)
     try:
-        result = await client.callRemote(SendTCLO, command=args.tclo_command.encode(), timeout=args.timeout)
+        # os.fsencode: the argument's own bytes, also those that are not UTF-8 (sys.argv keeps them as escapes).
+        result = await client.callRemote(SendTCLO, command=os.fsencode(args.tclo_command), timeout=args.timeout)
     except Exception as error:
         print(f"vmtools-sim: {error}", file=sys.stderr)
         return 1
@@ -140,11 +143,9 @@ async def _tclo(reactor: object, args: argparse.Namespace) -> int:
 
 async def _log(reactor: object, args: argparse.Namespace) -> int:
     client = await _control(reactor, args.socket)
-    for record in (await client.callRemote(RPCLog, last=args.last))["records"]:
-        when = time.strftime("%H:%M:%S", time.localtime(record["when"]))
-        more = f" (+{record['size'] - len(record['data'])} bytes)" if record["size"] > len(record["data"]) else ""
-        arrow = ARROWS.get(record["direction"], record["direction"])
-        print(f"{when} {arrow} {record['channel']}: {record['data']!r}{more}")
+    for fields in (await client.callRemote(RPCLog, last=args.last))["records"]:
+        record = RPCRecord(fields["when"], fields["direction"], fields["channel"], fields["data"], fields["size"])
+        print(time.strftime("%H:%M:%S", time.localtime(record.when)), record_line(record))
     return 0
 
 
@@ -154,12 +155,12 @@ async def _guestinfo(reactor: object, args: argparse.Namespace) -> int:
         if args.value is None:
             raise SystemExit("vmtools-sim: guestinfo set needs KEY VALUE")
         try:
-            await client.callRemote(GuestInfoSet, key=args.key, value=args.value.encode())
+            await client.callRemote(GuestInfoSet, key=os.fsencode(args.key), value=os.fsencode(args.value))
         except GuestInfoRefused as error:
             print(f"vmtools-sim: {error}", file=sys.stderr)
             return 1
         return 0
-    result = await client.callRemote(GuestInfoGet, key=args.key)
+    result = await client.callRemote(GuestInfoGet, key=os.fsencode(args.key))
     if not result["found"]:
         print("No value found", file=sys.stderr)
         return 1

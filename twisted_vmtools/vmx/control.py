@@ -22,8 +22,9 @@ from .backpressure import ReadsPausedByWrites
 from .model import VMX
 from .power import PowerOp, power_responder
 from .ratelimit import RateLimitedLog
-from .stores import GuestInfoRefused
-from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
+from .rpc_text import SHOWN_BYTES
+from .stores import GuestInfoRefused, guestinfo_key, guestinfo_key_bytes
+from .tclo_queue import GuestGone, NoGuest, TCLORefused, TCLOTimeout
 
 
 class BigBytes(amp.Argument):
@@ -66,6 +67,21 @@ class BigText(BigBytes):
         objects[key] = value.decode("utf-8")
 
 
+class GuestInfoKeyArgument(amp.Argument):
+    """A guestinfo key: any bytes on the wire, the store's text (`guestinfo_key`) in Python.
+
+    Not `amp.Unicode`: a key need not be UTF-8 (``guestinfo set`` passes the
+    bytes of its argument as they are), and one that is not must not fail to
+    encode on the client or to decode in the VMX.  A client may pass bytes.
+    """
+
+    def toString(self, inObject: str | bytes) -> bytes:  # noqa: N802
+        return inObject if isinstance(inObject, bytes) else guestinfo_key_bytes(inObject)
+
+    def fromString(self, inString: bytes) -> str:  # noqa: N802
+        return guestinfo_key(inString)
+
+
 BAD_ARGUMENTS = b"BAD_ARGUMENTS"
 
 
@@ -100,21 +116,23 @@ class Status(ControlCommand):
 class SendTCLO(ControlCommand):
     arguments = [(b"command", BigBytes()), (b"timeout", amp.Float())]
     response = [(b"reply", BigBytes())]
-    errors = {TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE", TCLORefused: b"TCLO_REFUSED"}
+    # NoGuest before GuestGone, its base: AMP sends the first class that matches.
+    errors = {TCLOTimeout: b"TCLO_TIMEOUT", NoGuest: b"NO_GUEST", GuestGone: b"GUEST_GONE",
+              TCLORefused: b"TCLO_REFUSED"}
 
 
 class GuestInfoGet(ControlCommand):
-    arguments = [(b"key", amp.Unicode())]
+    arguments = [(b"key", GuestInfoKeyArgument())]
     response = [(b"found", amp.Boolean()), (b"value", BigBytes())]
 
 
 class GuestInfoSet(ControlCommand):
-    arguments = [(b"key", amp.Unicode()), (b"value", BigBytes())]
+    arguments = [(b"key", GuestInfoKeyArgument()), (b"value", BigBytes())]
     errors = {GuestInfoRefused: b"GUESTINFO_REFUSED"}
 
 
 LOG_PAGE = 100  # records per RPCLog answer: an AMP value holds at most 64 KiB
-LOG_DATA_LIMIT = 400  # bytes of each record's data shown
+LOG_DATA_LIMIT = SHOWN_BYTES  # bytes of each record's data sent: what `log` shows
 
 
 class RPCLog(ControlCommand):
@@ -260,6 +278,7 @@ class ControlServer(amp.AMP, ReadsPausedByWrites):
 
     @SendTCLO.responder
     def send_tclo(self, command: bytes, timeout: float) -> object:
+        self.vmx.require_guest()
         return self.vmx.send(command, timeout).addCallback(lambda reply: {"reply": reply})
 
     @GuestInfoGet.responder

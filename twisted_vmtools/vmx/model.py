@@ -15,9 +15,9 @@ from .guestinfo_view import first_ipv4, guest_fields, ip_address_text
 from .lifecycle import MANAGED_OPTIONS, greet
 from .rpci_server import RPCIServer, ToolsState
 from .stores import ARROWS as ARROWS  # re-exported: the log's arrows are part of the model's interface
-from .stores import GuestInfoStore, RPCLog
+from .stores import GuestInfoStore, RPCLog, guestinfo_key_bytes
 from .stores import RPCRecord as RPCRecord
-from .tclo_queue import DEFAULT_TIMEOUT, GuestGone, TCLOQueue
+from .tclo_queue import DEFAULT_TIMEOUT, GuestGone, NoGuest, TCLOQueue
 
 RUNNING = "guestToolsRunning"
 NOT_RUNNING = "guestToolsNotRunning"
@@ -115,6 +115,15 @@ class VMX:
         """Queue a TCLO command; fires with the guest's whole reply."""
         return self.tclo.send(command, self.tclo_timeout if timeout is None else timeout)
 
+    def require_guest(self) -> None:
+        """`NoGuest` unless a guest's TCLO channel is connected.
+
+        What a command from outside (a control client) checks before `send`:
+        queued for a guest that is not there, it would wait out its whole timeout.
+        """
+        if not self.connected_channels:
+            raise NoGuest("no guest is connected to the simulator")
+
     def observe(self, observer: Callable[[RPCRecord], None]) -> None:
         self._observers.append(observer)
 
@@ -148,7 +157,10 @@ class VMX:
             **reported,
         }
         for key, value in sorted(self.guestinfo.items()):
-            status[key] = value.decode("utf-8", "replace")
+            # A key that is not UTF-8 is shown with its odd bytes escaped (guestinfo.caf\xe9): JSON and a
+            # terminal take it, and it still says which bytes it has.
+            shown = guestinfo_key_bytes(key).decode("utf-8", "backslashreplace")
+            status[shown] = value.decode("utf-8", "replace")
         return status
 
     def stop(self) -> None:

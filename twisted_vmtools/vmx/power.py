@@ -18,7 +18,7 @@ from twisted.protocols import amp
 from ..codecs.powerops import STATUS_COMMAND, PowerOpsError, PowerState, parse_status_args
 from ..codecs.tclo import TCLOError, parse_reply
 from .model import VMX, RPCRecord
-from .tclo_queue import GuestGone, TCLORefused, TCLOTimeout
+from .tclo_queue import GuestGone, NoGuest, TCLORefused, TCLOTimeout
 
 # What `vmtools-sim power` offers, in vSphere's words.
 OPERATIONS: dict[str, PowerState] = {
@@ -81,11 +81,13 @@ class PowerOp(amp.Command):
     arguments = [(b"operation", amp.Unicode()), (b"timeout", amp.Float())]
     response = [(b"reply", amp.String()), (b"reported", amp.Boolean()), (b"success", amp.Boolean()),
                 (b"state", amp.Integer())]
-    errors = {StateChangeTimeout: b"STATE_CHANGE_TIMEOUT", TCLOTimeout: b"TCLO_TIMEOUT", GuestGone: b"GUEST_GONE",
-              TCLORefused: b"TCLO_REFUSED", KeyError: b"UNKNOWN_OPERATION"}
+    # NoGuest before GuestGone, its base: AMP sends the first class that matches.
+    errors = {StateChangeTimeout: b"STATE_CHANGE_TIMEOUT", TCLOTimeout: b"TCLO_TIMEOUT", NoGuest: b"NO_GUEST",
+              GuestGone: b"GUEST_GONE", TCLORefused: b"TCLO_REFUSED", KeyError: b"UNKNOWN_OPERATION"}
 
 
 async def power_responder(vmx: VMX, operation: str, timeout: float) -> dict[str, object]:
+    vmx.require_guest()
     result = await power_operation(vmx, vmx.clock, OPERATIONS[operation], timeout)
     return {"reply": result.reply[:4096], "reported": result.success is not None, "success": bool(result.success),
             "state": int(result.state)}

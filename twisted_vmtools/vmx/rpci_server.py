@@ -14,7 +14,7 @@ from ..codecs.guestinfo import GuestInfoError, parse_arguments
 from ..codecs.rpci import UNKNOWN_COMMAND, RPCIFormatError, RPCIReply, parse_request
 from .guestinfo_view import BadReport, check_disk_report, check_report
 from .ratelimit import RateLimitedLog
-from .stores import GuestInfoRefused, ToolsLog
+from .stores import GuestInfoRefused, ToolsLog, guestinfo_key
 
 NO_VALUE = b"No value found"
 
@@ -118,13 +118,13 @@ class RPCIServer:
         if not key.startswith(b"guestinfo.") or not sep:
             return RPCIReply(False, b"Invalid key")
         try:
-            self.guestinfo[key.decode("utf-8", "replace")] = value
+            self.guestinfo[guestinfo_key(key)] = value
         except GuestInfoRefused as error:
             return RPCIReply(False, str(error).encode())
         return RPCIReply(True)
 
     def _info_get(self, args: bytes) -> RPCIReply:
-        value = self.guestinfo.get(args.strip().decode("utf-8", "replace"))
+        value = self.guestinfo.get(guestinfo_key(args.strip()))
         if value is None:
             return RPCIReply(False, NO_VALUE)
         return RPCIReply(True, value)

@@ -19,6 +19,7 @@ from .access import SECRET_ENV, ControlAccess, load_secret
 from .control import ControlServer
 from .model import VMX, RPCRecord
 from .private_socket import PrivateUNIXServerEndpoint
+from .rpc_text import TRACE_BYTES, record_line
 from .stream import VMXStreamFactory
 
 log = Logger()
@@ -184,4 +185,4 @@ class SimulatorService(MultiService):
         return stopping
 
     def _trace(self, record: RPCRecord) -> None:
-        self.log.info("{arrow} {channel}: {data!r}", arrow=record.arrow, channel=record.channel, data=record.data)
+        self.log.info("{line}", line=record_line(record, TRACE_BYTES), record=record)

@@ -26,6 +26,21 @@ TOOLS_LOG_ENTRIES = 256  # lines of the guest's ``log`` RPC kept
 TOOLS_LOG_LINE = 1024
 
 
+def guestinfo_key(raw: bytes) -> str:
+    """A key as the store keeps it: text, any byte that is not UTF-8 kept as a surrogate escape.
+
+    A guest (or ``vmtools-sim guestinfo``) may name a key in any bytes; kept this
+    way it reads back as the very bytes it was set with, as ``os.fsdecode`` does
+    for file names.
+    """
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def guestinfo_key_bytes(key: str) -> bytes:
+    """The bytes a key stands for (the inverse of `guestinfo_key`)."""
+    return key.encode("utf-8", "surrogateescape")
+
+
 class GuestInfoRefused(ValueError):
     """A guestinfo key or value over the caps: refused, the store unchanged."""
 
@@ -52,7 +67,7 @@ class GuestInfoStore(MutableMapping[str, bytes]):
     def __setitem__(self, key: str, value: bytes) -> None:
         if not isinstance(value, bytes):
             raise TypeError(f"guestinfo values are bytes, not {type(value).__name__}")
-        size = len(key.encode("utf-8", "replace"))
+        size = len(guestinfo_key_bytes(key))
         if size > GUESTINFO_KEY_LIMIT:
             raise GuestInfoRefused(f"guestinfo key of {size} bytes exceeds {GUESTINFO_KEY_LIMIT}")
         if len(value) > self.value_limit:
@@ -82,7 +97,7 @@ class GuestInfoStore(MutableMapping[str, bytes]):
 
 
 def _cost(key: str, value: bytes) -> int:
-    return len(key) + len(value) + ENTRY_OVERHEAD
+    return len(guestinfo_key_bytes(key)) + len(value) + ENTRY_OVERHEAD
 
 
 ARROWS = {

@@ -318,16 +318,17 @@ class VMXStreamFactory(Factory):
     ) -> None:
         self.vmx = vmx
         self._control = control
-        self._serial = count(1)
+        # Numbered per kind, when a connection names its channel: control clients and
+        # refused connections are not guest channels, and must not move the numbers.
+        self._serials = {StreamKind.RPCI: count(1), StreamKind.TCLO: count(1)}
         self.gate = Gate(
             vmx.clock, access or default_access(), limits or ConnectionLimits(), peer, preamble_timeout
         )
 
     def buildProtocol(self, addr: object) -> PreambleRouter:
-        serial = next(self._serial)
         routes: dict[StreamKind, Callable[[], IProtocol]] = {
-            StreamKind.RPCI: lambda: VMXRPCIProtocol(self.vmx, f"rpci#{serial}"),
-            StreamKind.TCLO: lambda: VMXTCLOProtocol(self.vmx, f"tclo#{serial}"),
+            StreamKind.RPCI: lambda: VMXRPCIProtocol(self.vmx, f"rpci#{next(self._serials[StreamKind.RPCI])}"),
+            StreamKind.TCLO: lambda: VMXTCLOProtocol(self.vmx, f"tclo#{next(self._serials[StreamKind.TCLO])}"),
         }
         if self._control is not None:
             routes[StreamKind.CONTROL] = self._control

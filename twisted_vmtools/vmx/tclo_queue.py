@@ -28,6 +28,10 @@ class GuestGone(Exception):
     """The guest's TCLO channel closed while a command was in flight."""
 
 
+class NoGuest(GuestGone):
+    """No guest's TCLO channel is connected: a command from outside would only wait out its timeout."""
+
+
 @dataclass
 class _Pending:
     command: bytes
