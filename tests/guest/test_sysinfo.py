@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 from pathlib import Path
 from typing import NamedTuple
 
 import psutil
+import pytest
 
 from twisted_vmtools.codecs.diskinfo import REPORTED_FILESYSTEMS, DiskEntry
 from twisted_vmtools.codecs.guestos import encode_detailed_data
@@ -29,9 +31,9 @@ from twisted_vmtools.guest.sysinfo import (
     parse_ipv4_routes,
     parse_ipv6_routes,
     parse_mounts,
-    parse_os_release,
     parse_resolv_conf,
     prefix_length,
+    read_os_release,
 )
 
 
@@ -143,7 +145,7 @@ def test_resolv_conf() -> None:
 
 
 def test_os_names() -> None:
-    release = parse_os_release('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n# x=y\n')
+    release = {"PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)", "ID": "debian", "VERSION_ID": "12"}
     # vmtoolsd's form: every os-release field it reads, in its order.
     assert os_full_name("Linux", "6.1.0-18-amd64", release) == "Linux 6.1.0-18-amd64 Debian GNU/Linux 12 (bookworm) 12"
     assert os_short_name(release, True) == "debian12-64"
@@ -166,7 +168,7 @@ def test_this_machine_encodes(tmp_path: object) -> None:
 
 
 def test_missing_proc_files(tmp_path: object) -> None:
-    source = SystemGuestInfoSource(proc=str(tmp_path), resolv_conf=f"{tmp_path}/none", os_release=f"{tmp_path}/none")
+    source = SystemGuestInfoSource(proc=str(tmp_path), resolv_conf=f"{tmp_path}/none", os_release=dict)
     info = source.nic_info()
     assert info.routes == () and info.dns is None
     assert source.uptime() > 0  # from psutil's boot time
@@ -213,11 +215,34 @@ OS_RELEASE = (
 )
 
 
+def os_release_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, usr_lib: str, etc: str | None = None) -> None:
+    """The standard library reads ``etc`` (if given), else ``usr_lib``, as if they were this machine's."""
+    (tmp_path / "usr-lib").write_text(usr_lib)
+    if etc is not None:
+        (tmp_path / "etc").write_text(etc)
+    monkeypatch.setattr(platform, "_os_release_candidates", (str(tmp_path / "etc"), str(tmp_path / "usr-lib")))
+    monkeypatch.setattr(platform, "_os_release_cache", None)
+
+
+def test_os_release_is_read_by_the_standard_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    os_release_files(monkeypatch, tmp_path, OS_RELEASE + 'VERSION="12 \\"bookworm\\" \\$x"\nBUILD_ID=\'b 1\'\n')
+    fields = read_os_release()  # only /usr/lib/os-release: found all the same
+    assert fields["VERSION"] == '12 "bookworm" $x' and fields["BUILD_ID"] == "b 1"  # escapes and quotes undone
+    assert fields["PRETTY_NAME"] == "Debian GNU/Linux 12 (bookworm)"
+    os_release_files(monkeypatch, tmp_path, OS_RELEASE, etc="ID=alpine\n")
+    assert read_os_release() == {"ID": "alpine"}  # /etc first; no invented NAME or PRETTY_NAME, as vmtoolsd
+    (tmp_path / "etc").unlink()
+    (tmp_path / "usr-lib").unlink()
+    monkeypatch.setattr(platform, "_os_release_cache", None)
+    assert read_os_release() == {}  # neither file: nothing to report, no error
+
+
 def test_os_detailed_data_as_vmtoolsd_sends_it() -> None:
     # The same machine as tests/data/vmtoolsd-12.2.0-osdetailed.hex.
     sample = Path(__file__).parents[1] / "data" / "vmtoolsd-12.2.0-osdetailed.hex"
     payload = bytes.fromhex(sample.read_text())[len(b"SetGuestInfo  11 "):]
-    ours = os_detailed_data("Linux", "6.18.44-fc-v669", "x86_64", parse_os_release(OS_RELEASE), True)
+    fields = dict(line.replace('"', "").split("=", 1) for line in OS_RELEASE.splitlines())
+    ours = os_detailed_data("Linux", "6.18.44-fc-v669", "x86_64", fields, True)
     assert encode_detailed_data(ours) == payload
 
 

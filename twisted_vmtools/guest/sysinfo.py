@@ -83,15 +83,16 @@ class SystemGuestInfoSource:
         *,
         proc: str = "/proc",
         resolv_conf: str = "/etc/resolv.conf",
-        os_release: str = "/etc/os-release",
+        os_release: Callable[[], Mapping[str, str]] | None = None,
         exclude_nics: Sequence[str] = DEFAULT_EXCLUDE_NICS,
         nic_filter: Callable[[str], bool] | None = None,
     ) -> None:
         """``exclude_nics``: glob patterns of interfaces never reported (tools.conf's
-        ``[guestinfo] exclude-nics``); ``nic_filter``, if given, decides instead (True: report)."""
+        ``[guestinfo] exclude-nics``); ``nic_filter``, if given, decides instead (True: report);
+        ``os_release`` gives the os-release fields (default: `read_os_release`, this machine's)."""
         self.proc = proc
         self.resolv_conf = resolv_conf
-        self.os_release = os_release
+        self.os_release = os_release or read_os_release
         self.nic_filter = nic_filter or nic_filter_excluding(exclude_nics)
 
     def host_name(self) -> str:
@@ -103,8 +104,7 @@ class SystemGuestInfoSource:
 
     def os_detailed(self) -> DetailedData:
         uname = platform.uname()
-        release = parse_os_release(_read(self.os_release) or "")
-        return os_detailed_data(uname.system, uname.release, uname.machine, release, _is_64bit())
+        return os_detailed_data(uname.system, uname.release, uname.machine, self.os_release(), _is_64bit())
 
     def disks(self) -> list[DiskEntry]:
         mounts = _read(os.path.join(self.proc, "self/mounts")) or _read(os.path.join(self.proc, "mounts")) or ""
@@ -141,16 +141,23 @@ def _is_64bit() -> bool:
     return struct.calcsize("P") == 8
 
 
+# What platform.freedesktop_os_release() fills in, as os-release(5) says a reader should, for a field
+# the file leaves out.  vmtoolsd reports only what the file says: a field absent stays absent (one
+# that says exactly this is read as absent too: distroName then falls back to the system's, Linux).
+_OS_RELEASE_DEFAULTS = {"NAME": "Linux", "ID": "linux", "PRETTY_NAME": "Linux"}
+
+
+def read_os_release() -> dict[str, str]:
+    """This machine's os-release fields ({} without a readable one), parsed by the standard library:
+    /etc/os-release, else /usr/lib/os-release, with the file's quoting and backslash escapes undone."""
+    try:
+        fields = platform.freedesktop_os_release()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return {key: value for key, value in fields.items() if _OS_RELEASE_DEFAULTS.get(key) != value}
+
+
 # -- parsers, pure so they can be tested on fixed text
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            values[key] = value.strip().strip("\"'")
-    return values
 
 
 # The os-release fields whose values, space-separated, make vmtoolsd's distribution string.
