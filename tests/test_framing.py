@@ -1,12 +1,18 @@
-"""widen: a stream carrying 520 KB packets reads, sends and buffers a whole one at a time."""
+"""PacketProtocol's transport: whole 520 KB packets per read and send, sent at once when nothing waits."""
 
 from __future__ import annotations
 
 import socket
 
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 
-from twisted_vmtools.framing import STREAM_BUFFER, widen
+from twisted_vmtools.codecs.datamap import VsockPacket
+from twisted_vmtools.framing import STREAM_BUFFER, PacketProtocol, widen
 
 
 class _SocketTransport(FileDescriptor):
@@ -41,3 +47,58 @@ def test_widen_leaves_a_transport_without_a_socket_alone() -> None:
     transport = Memory()
     widen(transport)
     assert vars(transport) == {}
+
+
+class _Sender(PacketProtocol):
+    def packetReceived(self, packet: VsockPacket) -> None:
+        pass
+
+
+async def _adopted(left: socket.socket) -> _Sender:
+    made: Deferred[_Sender] = Deferred()
+
+    class Made(_Sender):
+        def connectionMade(self) -> None:
+            made.callback(self)
+
+    reactor.adoptStreamConnection(left.fileno(), socket.AF_UNIX, Factory.forProtocol(Made))  # type: ignore[attr-defined]
+    return await made
+
+
+async def _read_all(sock: socket.socket, size: int) -> bytes:
+    sock.setblocking(False)
+    got = bytearray()
+    while len(got) < size:
+        try:
+            got += sock.recv(size - len(got))
+        except BlockingIOError:
+            await deferLater(reactor, 0.001, lambda: None)  # type: ignore[arg-type]
+    return bytes(got)
+
+
+@pytest_twisted.ensureDeferred
+async def test_packets_sent_at_once_keep_their_order_behind_buffered_writes() -> None:
+    left, right = socket.socketpair()
+    protocol = await _adopted(left)
+    transport = protocol.transport
+    packets = [VsockPacket.data(bytes([n]) * 700_000) for n in range(1, 7)]  # several kernel buffers' worth
+    transport.write(b"PRE!")  # type: ignore[union-attr]  # buffered by Twisted: the packets must wait behind it
+    for packet in packets[:3]:
+        protocol.sendPacket(packet)
+    wire = b"PRE!" + b"".join(packet.encode() for packet in packets)
+    received = _read_all(right, len(wire) - sum(len(p.encode()) for p in packets[3:]))
+    first = await received
+    for packet in packets[3:]:  # Twisted's buffer has drained: these go out at once
+        protocol.sendPacket(packet)
+    rest = await _read_all(right, len(wire) - len(first))
+    assert first + rest == wire
+    transport.loseConnection()  # type: ignore[union-attr]
+    right.close()
+    left.close()
+
+
+def test_frame_is_the_encoding_in_pieces() -> None:
+    for packet in (VsockPacket.data(b"OK x"), VsockPacket.ping(), VsockPacket.data(b"", fast_close=True)):
+        assert b"".join(packet.frame()) == packet.encode()
+    big = b"f " + bytes(100_000)
+    assert VsockPacket.data(big).frame()[1] is big  # not copied

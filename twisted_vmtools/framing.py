@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -50,9 +51,12 @@ class PacketProtocol(Protocol):
 
     def __init__(self) -> None:
         self._decoder = PacketDecoder()
+        self._socket: socket.socket | None = None
 
     def makeConnection(self, transport: object) -> None:
         widen(transport)
+        if isinstance(transport, tcp.Connection):  # Twisted's own TCP and Unix socket transports
+            self._socket = transport.socket
         super().makeConnection(transport)  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
@@ -71,10 +75,35 @@ class PacketProtocol(Protocol):
                 self.packetReceived(packet)
 
     def sendPacket(self, packet: VsockPacket) -> None:
-        self.transport.write(packet.encode())  # type: ignore[union-attr]
+        pieces = packet.frame()
+        if self._socket is None or not _drained(self.transport):
+            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
+            return
+        # Nothing waits in Twisted's buffers, so the packet goes out now, in order, gathered
+        # from its pieces: no copy joining head and payload, and no reactor turn before the
+        # send (with one packet in flight each way, both show in a transfer's throughput).
+        try:
+            sent = self._socket.sendmsg(pieces)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the transport's own write below meets the error and loses the connection
+        if sent < sum(len(piece) for piece in pieces):
+            self.transport.write(b"".join(pieces)[sent:])  # type: ignore[union-attr]
 
     def packetReceived(self, packet: VsockPacket) -> None:
         raise NotImplementedError
 
     def badPacket(self, error: VsockPacketError) -> None:
         self.log.warn("dropping malformed packet: {error}", error=str(error))
+
+
+def _drained(transport: object) -> bool:
+    """The transport is open and holds nothing unsent (Twisted's buffers, TLS), so a send now keeps the order."""
+    return bool(
+        getattr(transport, "connected", False)
+        and not getattr(transport, "disconnecting", True)
+        and not getattr(transport, "TLS", True)
+        and not getattr(transport, "dataBuffer", True)
+        and not getattr(transport, "_tempDataLen", True)  # FileDescriptor's list of writes not yet joined
+    )

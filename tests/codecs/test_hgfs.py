@@ -185,3 +185,18 @@ def test_garbage_bodies_only_raise_hgfs_errors(op: int, data: bytes) -> None:
             decode(op, data)
         except HGFSError:
             pass
+
+
+def test_file_data_is_a_view_into_its_packet_and_names_are_bytes() -> None:
+    data = bytes(range(256)) * 2000
+    packet = hgfs.encode_request(Header(Op.WRITE_V3, 7, 1), hgfs.WriteRequest(3, 1 << 33, data))
+    header, body = hgfs.decode_request_header(packet)
+    request = hgfs.decode_request_body(header.op, body)
+    assert isinstance(request, hgfs.WriteRequest) and (request.handle, request.offset) == (3, 1 << 33)
+    assert isinstance(request.data, memoryview) and request.data.obj is packet and request.data == data
+    reply = hgfs.encode_reply(header, hgfs.Status.SUCCESS, hgfs.ReadReply(memoryview(data)[5:]))
+    decoded = hgfs.decode_reply_body(Op.READ_V3, hgfs.decode_reply_header(reply, Op.READ_V3)[1])
+    assert isinstance(decoded, hgfs.ReadReply) and decoded.data == data[5:]
+    opened = hgfs.encode_request(header, hgfs.OpenRequest(hgfs.FileNameV3(b"root\0tmp\0x"), 0, 0))
+    name = hgfs.decode_request_body(Op.OPEN_V3, hgfs.decode_request_header(opened)[1]).name.name  # type: ignore[attr-defined]
+    assert type(name) is bytes and name == b"root\0tmp\0x"

@@ -214,6 +214,8 @@ _V4 = struct.Struct("<B3xIIIIIIIIQQ")
 LEGACY_HEADER_SIZE = _LEGACY.size  # 8
 V4_HEADER_SIZE = _V4.size  # 52
 
+Data = bytes | memoryview  # packets and file data: decoded as views into their packet, not copied
+
 
 @dataclass(frozen=True)
 class Header:
@@ -247,23 +249,25 @@ def _has_inner_header(op: int) -> bool:
     return op < FIRST_V3_OP
 
 
-def encode_packet(header: Header, body: bytes, *, reply: bool) -> bytes:
-    """Header + body, adding the inner legacy header where the op has one."""
-    inner = b""
+def encode_packet(header: Header, body: Data | list[Data], *, reply: bool) -> bytes:
+    """Header + body (bytes, or its pieces), adding the inner legacy header where the op has one.
+
+    One join: file data is copied once into the packet, whatever the layers around it.
+    """
+    parts = body if isinstance(body, list) else [body]
     word = header.status if reply else header.op
     if header.legacy:
-        return _LEGACY.pack(header.request_id, word) + body
-    if _has_inner_header(header.op):
-        inner = _LEGACY.pack(header.request_id, word)
-    size = V4_HEADER_SIZE + len(inner) + len(body)
+        return b"".join([_LEGACY.pack(header.request_id, word), *parts])
+    inner = [_LEGACY.pack(header.request_id, word)] if _has_inner_header(header.op) else []
+    size = V4_HEADER_SIZE + LEGACY_HEADER_SIZE * len(inner) + sum(len(part) for part in parts)
     head = _V4.pack(
         header.version, OP_NEW_HEADER, size, V4_HEADER_SIZE, header.request_id, header.op,
         header.status, header.flags, header.information, header.session_id or 0, 0,
     )
-    return head + inner + body
+    return b"".join([head, *inner, *parts])
 
 
-def decode_request_header(data: bytes) -> tuple[Header, bytes]:
+def decode_request_header(data: Data) -> tuple[Header, Data]:
     """Split a request into its header and the op's own fields.
 
     `HGFSPacketError` when no header can be read (too short, unknown op form);
@@ -277,10 +281,10 @@ def decode_request_header(data: bytes) -> tuple[Header, bytes]:
         return _decode_v4(data, reply=False)
     if op >= FIRST_V4_OP:
         raise HGFSPacketError(f"HGFS op {op} needs the V4 header")
-    return Header(op, request_id), data[LEGACY_HEADER_SIZE:]
+    return Header(op, request_id), memoryview(data)[LEGACY_HEADER_SIZE:]
 
 
-def decode_reply_header(data: bytes, op: int) -> tuple[Header, bytes]:
+def decode_reply_header(data: Data, op: int) -> tuple[Header, Data]:
     """Split a reply to ``op``; the form (legacy or V4) is read from the packet."""
     if len(data) >= V4_HEADER_SIZE and _LEGACY.unpack_from(data)[1] == OP_NEW_HEADER and data[0] >= 1:
         header, body = _decode_v4(data, reply=True)
@@ -288,10 +292,10 @@ def decode_reply_header(data: bytes, op: int) -> tuple[Header, bytes]:
     if len(data) < LEGACY_HEADER_SIZE:
         raise HGFSPacketError(f"HGFS reply of {len(data)} bytes is shorter than a header")
     request_id, status = _LEGACY.unpack_from(data)
-    return Header(op, request_id, None, status, FLAG_REPLY), data[LEGACY_HEADER_SIZE:]
+    return Header(op, request_id, None, status, FLAG_REPLY), memoryview(data)[LEGACY_HEADER_SIZE:]
 
 
-def _decode_v4(data: bytes, *, reply: bool) -> tuple[Header, bytes]:
+def _decode_v4(data: Data, *, reply: bool) -> tuple[Header, Data]:
     if len(data) < V4_HEADER_SIZE:
         raise HGFSPacketError(f"HGFS V4 packet of {len(data)} bytes is shorter than its header")
     version, _, size, head_size, request_id, op, status, flags, information, session_id, _ = _V4.unpack_from(data)
@@ -305,7 +309,8 @@ def _decode_v4(data: bytes, *, reply: bool) -> tuple[Header, bytes]:
         header = Header(op, request_id, session_id, 0, FLAG_REQUEST, 0, version)
     elif flags and not flags & (FLAG_REQUEST | FLAG_REPLY):
         raise _malformed(header, f"HGFS header flags {flags:#x}")
-    payload = data[head_size:size]
+    # A view: a 520 KB WriteV3 or ReadV3 reply is not copied to strip its header.
+    payload = memoryview(data)[head_size:size]
     if _has_inner_header(op):
         if len(payload) < LEGACY_HEADER_SIZE:
             raise _malformed(header, f"HGFS op {op} payload lacks its inner header")
@@ -325,7 +330,7 @@ def _malformed(header: Header, why: str) -> HGFSMalformedError:
 class _Reader:
     """Bounds-checked little-endian reads; every shortfall is an `HGFSMalformedError`."""
 
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: Data, what: str) -> None:
         self.data = data
         self.position = 0
         self.what = what
@@ -339,15 +344,20 @@ class _Reader:
         return values
 
     def chunk(self, count: int) -> bytes:
+        """``count`` bytes of their own (names and other small fields)."""
+        return bytes(self.view(count))
+
+    def view(self, count: int) -> memoryview:
+        """``count`` bytes as a view into the packet: file data, which is not copied on its way through."""
         end = self.position + count
         if count < 0 or end > len(self.data):
             raise HGFSMalformedError(f"{self.what}: {count} bytes announced, {len(self.data) - self.position} left")
-        value = self.data[self.position : end]
+        value = memoryview(self.data)[self.position : end]
         self.position = end
         return value
 
     def rest(self) -> bytes:
-        value = self.data[self.position :]
+        value = bytes(self.data[self.position :])
         self.position = len(self.data)
         return value
 
@@ -477,6 +487,12 @@ class Message(Protocol):
     def encode(self) -> bytes: ...
 
 
+def _parts(message: Message) -> list[Data]:
+    """A message's bytes as pieces: a bulk message's file data goes into the packet untouched."""
+    parts = getattr(message, "parts", None)
+    return parts() if parts is not None else [message.encode()]  # type: ignore[no-any-return]
+
+
 M = TypeVar("M", bound="_Fixed")
 
 
@@ -506,7 +522,7 @@ class Empty:
         return b""
 
     @classmethod
-    def decode(cls, data: bytes) -> Empty:
+    def decode(cls, data: Data) -> Empty:
         return cls()
 
 
@@ -540,10 +556,10 @@ class CreateSessionRequest:
         return head + b"".join(_CAP.pack(c.op, c.flags) for c in self.capabilities)
 
     @classmethod
-    def decode(cls, data: bytes) -> CreateSessionRequest:
+    def decode(cls, data: Data) -> CreateSessionRequest:
         if len(data) < 12:
             raise HGFSMalformedError(f"CreateSessionV4 request of {len(data)} bytes")
-        count, max_packet, flags, _ = _SESSION_REQUEST.unpack(data[:16].ljust(16, b"\0"))
+        count, max_packet, flags, _ = _SESSION_REQUEST.unpack(bytes(data[:16]).ljust(16, b"\0"))
         reader = _Reader(data, "CreateSessionV4 request")
         reader.position = 16 if count else min(16, len(data))
         caps = tuple(Capability(*reader.take(_CAP)) for _ in range(count))
@@ -565,7 +581,7 @@ class CreateSessionReply:
         return head + b"".join(_CAP.pack(c.op, c.flags) for c in self.capabilities)
 
     @classmethod
-    def decode(cls, data: bytes) -> CreateSessionReply:
+    def decode(cls, data: Data) -> CreateSessionReply:
         reader = _Reader(data, "CreateSessionV4 reply")
         session_id, count, max_packet, identity, flags, _ = reader.take(_SESSION_REPLY)
         if count > len(data) // _CAP.size:
@@ -604,7 +620,7 @@ class OpenRequest:
         return head + self.name.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> OpenRequest:
+    def decode(cls, data: Data) -> OpenRequest:
         reader = _Reader(data, "OpenV3 request")
         (mask, mode, flags, special, owner, group, other, attr, alloc, access, share, lock, _, _) = reader.take(
             _OPEN_V3
@@ -661,17 +677,20 @@ _READ_REPLY = struct.Struct("<IQ")
 
 @dataclass(frozen=True)
 class ReadReply:
-    data: bytes
+    data: Data
 
     def encode(self) -> bytes:
-        return _READ_REPLY.pack(len(self.data), 0) + self.data
+        return b"".join(self.parts())
+
+    def parts(self) -> list[Data]:
+        return [_READ_REPLY.pack(len(self.data), 0), self.data]
 
     @classmethod
-    def decode(cls, data: bytes) -> ReadReply:
+    def decode(cls, data: Data) -> ReadReply:
         reader = _Reader(data, "ReadV3 reply")
         (size, _) = reader.take(_READ_REPLY)
         # vmtoolsd's reply carries one more byte than it says (sizeof with payload[1]).
-        return cls(reader.chunk(size))
+        return cls(reader.view(size))
 
 
 _WRITE = struct.Struct("<IBQIQ")
@@ -683,17 +702,20 @@ class WriteRequest:
 
     handle: int
     offset: int
-    data: bytes
+    data: Data
     flags: int = 0
 
     def encode(self) -> bytes:
-        return _WRITE.pack(self.handle, self.flags, self.offset, len(self.data), 0) + self.data
+        return b"".join(self.parts())
+
+    def parts(self) -> list[Data]:
+        return [_WRITE.pack(self.handle, self.flags, self.offset, len(self.data), 0), self.data]
 
     @classmethod
-    def decode(cls, data: bytes) -> WriteRequest:
+    def decode(cls, data: Data) -> WriteRequest:
         reader = _Reader(data, "WriteV3 request")
         handle, flags, offset, size, _ = reader.take(_WRITE)
-        return cls(handle, offset, reader.chunk(size), flags)
+        return cls(handle, offset, reader.view(size), flags)
 
 
 @dataclass(frozen=True)
@@ -737,7 +759,7 @@ class NameRequest:
         return _HINTS_RESERVED.pack(self.hints, 0) + self.name.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> NameRequest:
+    def decode(cls, data: Data) -> NameRequest:
         reader = _Reader(data, cls.__name__)
         hints, _ = reader.take(_HINTS_RESERVED)
         return cls(FileNameV3.read(reader), hints)
@@ -753,7 +775,7 @@ class ReservedNameRequest:
         return _U64.pack(0) + self.name.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> ReservedNameRequest:
+    def decode(cls, data: Data) -> ReservedNameRequest:
         reader = _Reader(data, cls.__name__)
         reader.take(_U64)
         return cls(FileNameV3.read(reader))
@@ -770,7 +792,7 @@ class GetattrReply:
         return self.attr.encode() + _U64.pack(0) + self.symlink_target.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> GetattrReply:
+    def decode(cls, data: Data) -> GetattrReply:
         reader = _Reader(data, "GetattrV3 reply")
         attr = AttrV2.read(reader)
         reader.take(_U64)
@@ -790,7 +812,7 @@ class GetattrV2Request:
         return _GETATTR_V2.pack(self.hints, self.handle) + _encode_name(self.name)
 
     @classmethod
-    def decode(cls, data: bytes) -> GetattrV2Request:
+    def decode(cls, data: Data) -> GetattrV2Request:
         reader = _Reader(data, "GetattrV2 request")
         hints, handle = reader.take(_GETATTR_V2)
         return cls(_read_name(reader), hints, handle)
@@ -805,7 +827,7 @@ class GetattrV2Reply:
         return self.attr.encode() + _encode_name(self.symlink_target)
 
     @classmethod
-    def decode(cls, data: bytes) -> GetattrV2Reply:
+    def decode(cls, data: Data) -> GetattrV2Reply:
         reader = _Reader(data, "GetattrV2 reply")
         attr = AttrV2.read(reader)
         return cls(attr, _read_name(reader))
@@ -822,7 +844,7 @@ class SetattrV2Request:
         return _U64.pack(self.hints) + self.attr.encode() + _U32.pack(self.handle) + _encode_name(self.name)
 
     @classmethod
-    def decode(cls, data: bytes) -> SetattrV2Request:
+    def decode(cls, data: Data) -> SetattrV2Request:
         reader = _Reader(data, "SetattrV2 request")
         (hints,) = reader.take(_U64)
         attr = AttrV2.read(reader)
@@ -842,7 +864,7 @@ class SetattrRequest:
         return _U64.pack(self.hints) + self.attr.encode() + _U64.pack(0) + self.name.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> SetattrRequest:
+    def decode(cls, data: Data) -> SetattrRequest:
         reader = _Reader(data, "SetattrV3 request")
         (hints,) = reader.take(_U64)
         attr = AttrV2.read(reader)
@@ -872,7 +894,7 @@ class CreateDirRequest:
         return head + self.name.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> CreateDirRequest:
+    def decode(cls, data: Data) -> CreateDirRequest:
         reader = _Reader(data, "CreateDirV3 request")
         mask, special, owner, group, other, attr = reader.take(_CREATE_DIR)
         return cls(FileNameV3.read(reader), mask, special, owner, group, other, attr)
@@ -901,7 +923,7 @@ class RenameRequest:
         return _HINTS_RESERVED.pack(self.hints, 0) + self.old.encode() + self.new.encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> RenameRequest:
+    def decode(cls, data: Data) -> RenameRequest:
         reader = _Reader(data, "RenameV3 request")
         hints, _ = reader.take(_HINTS_RESERVED)
         old = FileNameV3.read(reader)
@@ -956,7 +978,7 @@ class SearchReadReply:
         return _HINTS_RESERVED.pack(len(self.entries), 0) + b"".join(entry.encode() for entry in self.entries)
 
     @classmethod
-    def decode(cls, data: bytes) -> SearchReadReply:
+    def decode(cls, data: Data) -> SearchReadReply:
         reader = _Reader(data, "SearchReadV3 reply")
         count, _ = reader.take(_HINTS_RESERVED)
         if count > len(data) // (4 + AttrV2.SIZE + _NAME_V3.size):
@@ -998,7 +1020,7 @@ MESSAGES: dict[int, tuple[type, type]] = {
 }
 
 
-def decode_request_body(op: int, body: bytes) -> object:
+def decode_request_body(op: int, body: Data) -> object:
     """The op's request message; `HGFSUnsupportedOp` or `HGFSMalformedError`."""
     pair = MESSAGES.get(op)
     if pair is None:
@@ -1006,14 +1028,14 @@ def decode_request_body(op: int, body: bytes) -> object:
     return _decode(pair[0], body)
 
 
-def decode_reply_body(op: int, body: bytes) -> object:
+def decode_reply_body(op: int, body: Data) -> object:
     pair = MESSAGES.get(op)
     if pair is None:
         raise HGFSUnsupportedOp(f"HGFS op {op} is not supported")
     return _decode(pair[1], body)
 
 
-def _decode(cls: type, body: bytes) -> object:
+def _decode(cls: type, body: Data) -> object:
     try:
         return cls.decode(body)  # type: ignore[attr-defined]
     except HGFSError:
@@ -1023,12 +1045,12 @@ def _decode(cls: type, body: bytes) -> object:
 
 
 def encode_request(header: Header, message: Message) -> bytes:
-    return encode_packet(header, message.encode(), reply=False)
+    return encode_packet(header, _parts(message), reply=False)
 
 
 def encode_reply(request: Header, status: int, message: Message | None = None, session_id: int | None = None) -> bytes:
     """The reply to ``request``: ``message`` on success, the bare header on an error."""
-    body = message.encode() if message is not None and status == Status.SUCCESS else b""
+    body = _parts(message) if message is not None and status == Status.SUCCESS else []
     return encode_packet(request.reply(status, session_id), body, reply=True)
 
 

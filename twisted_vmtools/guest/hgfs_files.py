@@ -41,7 +41,11 @@ class IFileHandle(Interface):
         """Up to ``size`` bytes at ``offset``; b"" at the end."""
 
     def write(offset: int, data: bytes, append: bool) -> int | Deferred[int]:
-        """Write ``data`` at ``offset`` (or at the end); the count written."""
+        """Write ``data`` at ``offset`` (or at the end); the count written.
+
+        ``data`` is bytes, or a memoryview into the request packet for a handle
+        whose ``accepts_views`` attribute is true (it must not keep the view).
+        """
 
     def close() -> None | Deferred[None]:
         """The VMX closed it: commit (an upload is renamed into place)."""
@@ -54,11 +58,13 @@ class _PositionalIO:
     """Reads and writes at the offsets asked for (pread/pwrite) on ``self.fd``."""
 
     fd: int
+    # `write` takes the packet's data as a view (pwrite needs no bytes object of its own).
+    accepts_views = True
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
-    def write(self, offset: int, data: bytes, append: bool) -> int:
+    def write(self, offset: int, data: bytes | memoryview, append: bool) -> int:
         if append:
             offset = os.fstat(self.fd).st_size
         return os.pwrite(self.fd, data, offset)

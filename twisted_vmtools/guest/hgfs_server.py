@@ -341,7 +341,8 @@ class HGFSServer(Service):
 
     def _write(self, session: Session, request: hgfs.WriteRequest) -> object:
         file = self._file(session, request.handle)
-        written = file.write(request.offset, request.data, bool(request.flags & hgfs.WRITE_APPEND))
+        data = request.data if getattr(file, "accepts_views", False) else bytes(request.data)
+        written = file.write(request.offset, data, bool(request.flags & hgfs.WRITE_APPEND))  # type: ignore[arg-type]
         if isinstance(written, Deferred):
             return written.addCallback(hgfs.WriteReply)
         return hgfs.WriteReply(written)

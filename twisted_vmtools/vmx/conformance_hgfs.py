@@ -193,7 +193,7 @@ def _fields(message: object, head: Header) -> str:
         size = f", size {a.size}" if a.type != hgfs.FileType.DIRECTORY else ""
         return f", {kind}{size}, perms {a.owner_perms}{a.group_perms}{a.other_perms}"
     if isinstance(message, hgfs.ReadReply):
-        return f", data {message.data!r}"
+        return f", data {bytes(message.data)!r}"
     if isinstance(message, hgfs.WriteReply):
         return f", wrote {message.written}"
     if isinstance(message, hgfs.SearchReadReply):

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from ..archive import ArchiveError, extract, tar_stream
 from ..codecs import hgfs
-from ..codecs.hgfs import FileType, Status
+from ..codecs.hgfs import Data, FileType, Status
 from .control import ControlClient, SendTCLO
 from .hgfs_client import HGFSClient, HGFSClientError
 
@@ -57,7 +57,7 @@ async def run_guest(reactor: Any, args: argparse.Namespace, connect: Connect) ->
 def hgfs_client(control: ControlClient, **options: Any) -> HGFSClient:
     """An HGFS client whose packets ride TCLO ``f`` commands through the simulator."""
 
-    def send(packet: bytes) -> Deferred[bytes]:
+    def send(packet: bytes) -> Deferred[Data]:
         sent: Deferred[dict[str, Any]] = control.callRemote(SendTCLO, command=b"f " + packet, timeout=TRANSFER_TIMEOUT)
         return sent.addCallbacks(_hgfs_reply, _transport_failed)
 
@@ -71,11 +71,11 @@ def _transport_failed(failure: Any) -> bytes:
     raise HGFSClientError(0, Status.TRANSPORT_ERROR, failure.getErrorMessage())
 
 
-def _hgfs_reply(result: dict[str, Any]) -> bytes:
+def _hgfs_reply(result: dict[str, Any]) -> Data:
     reply: bytes = result["reply"]
     if not reply.startswith(b"OK "):
         raise HGFSClientError(0, Status.TRANSPORT_ERROR, reply[:200].decode("utf-8", "replace"))
-    return reply[3:]
+    return memoryview(reply)[3:]  # a view: the client copies the file data out once
 
 
 class _Progress:

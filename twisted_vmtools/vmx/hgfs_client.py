@@ -19,9 +19,9 @@ from twisted.internet.defer import Deferred, ensureDeferred
 
 from ..codecs import hgfs
 from ..codecs.hgfs import AttrV2, FileNameV3, Header, Op, OpenFlags, OpenMode, Status
-from ..codecs.tclo import TCLOError, parse_reply
+from ..codecs.tclo import OK_PREFIX, TCLOError, parse_reply
 
-Sender = Callable[[bytes], "Deferred[bytes]"]
+Sender = Callable[[bytes], "Deferred[hgfs.Data]"]
 DEFAULT_PIPELINE = 4
 
 
@@ -39,20 +39,20 @@ class HGFSClientError(Exception):
 def tclo_sender(send_tclo: Callable[[bytes], Deferred[bytes]]) -> Sender:
     """Carry packets in ``f `` TCLO commands; ``send_tclo`` is e.g. ``VMX.send``."""
 
-    def send(packet: bytes) -> Deferred[bytes]:
+    def send(packet: bytes) -> Deferred[hgfs.Data]:
         return send_tclo(b"f " + packet).addCallback(_unwrap)
 
     return send
 
 
-def _unwrap(reply: bytes) -> bytes:
+def _unwrap(reply: bytes) -> hgfs.Data:
+    if reply.startswith(OK_PREFIX):
+        return memoryview(reply)[len(OK_PREFIX) :]  # a view: a 520 KB ReadV3 reply is not copied here
     try:
         parsed = parse_reply(reply)
     except TCLOError as error:
         raise HGFSClientError(0, Status.TRANSPORT_ERROR, str(error)) from error
-    if not parsed.ok:
-        raise HGFSClientError(0, Status.TRANSPORT_ERROR, parsed.body.decode("utf-8", "replace"))
-    return parsed.body
+    raise HGFSClientError(0, Status.TRANSPORT_ERROR, parsed.body.decode("utf-8", "replace"))
 
 
 class HGFSClient:
@@ -81,7 +81,7 @@ class HGFSClient:
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         return self._next_id
 
-    def _decode(self, op: int, reply: bytes, path: str) -> Any:
+    def _decode(self, op: int, reply: hgfs.Data, path: str) -> Any:
         try:
             head, body = hgfs.decode_reply_header(reply, op)
             if head.status != Status.SUCCESS:
@@ -126,7 +126,7 @@ class HGFSClient:
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         reply = await self.request(Op.READ_V3, hgfs.ReadRequest(handle, offset, size))
-        return reply.data  # type: ignore[no-any-return]
+        return bytes(reply.data)  # the one copy out of the reply packet, for the caller to keep
 
     async def write(self, handle: int, offset: int, data: bytes) -> int:
         reply = await self.request(Op.WRITE_V3, hgfs.WriteRequest(handle, offset, data))
