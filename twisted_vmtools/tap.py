@@ -53,6 +53,13 @@ class Options(usage.Options):
         ["trace", None, "log every RPC in both directions"],
     ]
 
+    def opt_version(self) -> None:
+        """Print the version of twisted_vmtools and exit."""
+        from . import __version__
+
+        print(f"twisted_vmtools {__version__}")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         if self["auth"] not in AUTH_CHOICES:
             raise usage.UsageError(f"--auth must be one of {', '.join(AUTH_CHOICES)}, not {self['auth']!r}")
