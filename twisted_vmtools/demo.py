@@ -9,11 +9,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from .channels.stream import StreamChannel
+from .printable import readable
 from .protocols.rpci import RPCIError
 from .service import ToolsService
 from .simsocket import client_description
 from .vmx.model import VMX, RPCRecord
-from .vmx.rpc_text import readable
 from .vmx.simulator import SimulatorService
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
 from twisted_vmtools.channels.interfaces import ITCLOCommands
@@ -159,3 +160,11 @@ def test_unsubscribing_ends_the_observation() -> None:
     reply_of(dispatcher, b"ping")
     assert seen == [b""]
     assert verifyObject(ITCLOCommands, dispatcher)
+
+
+def test_trace_shows_commands_and_replies_as_text() -> None:
+    dispatcher = TCLODispatcher(trace=True)
+    dispatcher.register(b"echo", lambda args: args)
+    with capturedLogs() as events:
+        reply_of(dispatcher, b"echo caf\xe9\n")
+    assert [formatEvent(event) for event in events] == ["TCLO ← echo caf\\xe9\\n", "TCLO → OK caf\\xe9\\n"]

@@ -7,6 +7,7 @@ from twisted.logger import Logger
 
 from ..channels.interfaces import IGuestChannel
 from ..codecs.rpci import RPCIFormatError, parse_reply
+from ..printable import TRACE_BYTES, abridged
 
 
 class RPCIError(Exception):
@@ -33,12 +34,12 @@ class RPCI:
     def call(self, request: bytes) -> Deferred[bytes]:
         # Plain callbacks rather than a coroutine: this is the per-RPC hot path.
         if self.trace:
-            self.log.info("RPCI → {request!r}", request=request)
+            self.log.info("RPCI → {text}", text=abridged(request, TRACE_BYTES), request=request)
         return self.channel.rpci(request).addCallback(self._reply, request)
 
     def _reply(self, raw: bytes, request: bytes) -> bytes:
         if self.trace:
-            self.log.info("RPCI ← {reply!r}", reply=raw)
+            self.log.info("RPCI ← {text}", text=abridged(raw, TRACE_BYTES), reply=raw)
         try:
             reply = parse_reply(raw)
         except RPCIFormatError:

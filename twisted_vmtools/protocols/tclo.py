@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from ..channels.interfaces import ITCLOCommands
 from ..codecs.tclo import BAD_COMMAND, OK_PREFIX, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
+from ..printable import TRACE_BYTES, abridged
 
 HandlerResult = bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]
 Handler = Callable[[bytes], HandlerResult]
@@ -76,14 +77,14 @@ class TCLODispatcher:
 
     def handle(self, command: bytes) -> Deferred[bytes]:
         if self.trace:
-            self.log.info("TCLO ← {command!r}", command=command[:200])
+            self.log.info("TCLO ← {text}", text=abridged(command, TRACE_BYTES), command=command)
         replying = self._dispatch(command)
         if self.trace:
             replying.addCallback(self._traced)
         return replying
 
     def _traced(self, reply: bytes) -> bytes:
-        self.log.info("TCLO → {reply!r}", reply=reply[:200])
+        self.log.info("TCLO → {text}", text=abridged(reply, TRACE_BYTES), reply=reply)
         return reply
 
     def _dispatch(self, command: bytes) -> Deferred[bytes]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_vmtools.vmx.rpc_text import readable, record_line
+from twisted_vmtools.printable import readable
+from twisted_vmtools.vmx.rpc_text import record_line
 from twisted_vmtools.vmx.stores import RPCRecord
 
 
