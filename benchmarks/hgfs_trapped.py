@@ -6,8 +6,8 @@ Each guest runs under the trap engine as a guest of its own VMX in this process
 `HGFSClient` opens a session and reads a ``--size`` MiB file with ``--packet``
 bytes per ReadV3 (the backdoor carries at most 64 KiB per message, so the
 default is the legacy large packet's 61,440 bytes of data).  Reported: MB/s
-and the guest daemon's CPU ms per MiB (user + system, tracee only; the tracer is
-this process).
+and the guest daemon's CPU ms per MiB (user + system of the process polling TCLO,
+its trapped instructions included; the tracer is this process).
 
     python benchmarks/hgfs_trapped.py            # 64 MiB
     python benchmarks/hgfs_trapped.py --size 16
@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Any
 
-import psutil
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
@@ -31,34 +29,17 @@ from twisted_vmtools.codecs import hgfs
 from twisted_vmtools.vmx.conformance import VMTOOLSD_CONF
 from twisted_vmtools.vmx.hgfs_client import HGFSClient, tclo_sender
 from twisted_vmtools.vmx.model import VMX
-from twisted_vmtools.vmx.trapped import spawn_guest
+from twisted_vmtools.vmx.trapped import process_cpu_seconds, spawn_guest, tclo_owner, twistd_vmtools, until_running
 
 MiB = 1 << 20
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile",
-          os.devnull, *os.environ.get("HGFS_BENCH_TWISTD", "").split(),
-          "vmtools", "--transport", "backdoor", "--guestinfo-interval", "0"]
 
 
-def daemon_cpu(marker: str) -> float:
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if marker in " ".join(proc.cmdline()):
-                times = proc.cpu_times()
-                return float(times.user + times.system)
-        except psutil.Error:
-            continue
-    raise RuntimeError(f"no {marker} process")
-
-
-async def measure(reactor: Any, argv: list[str], marker: str, path: str, size: int, packet: int) -> tuple[float, float]:
+async def measure(reactor: Any, argv: list[str], path: str, size: int, packet: int) -> tuple[float, float]:
     vmx = VMX(reactor, ping_interval=3600)
     devnull = os.open(os.devnull, os.O_WRONLY)
     program = spawn_guest(reactor, vmx, argv, stdout=devnull, stderr=devnull)
     try:
-        for _ in range(600):
-            if vmx.running:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
+        await until_running(reactor, vmx)
         await deferLater(reactor, 2.0, lambda: None)  # let start-up traffic finish
         client = HGFSClient(tclo_sender(lambda command: vmx.send(command, timeout=60)),
                             max_packet=packet + hgfs.V4_HEADER_SIZE + 25)
@@ -68,14 +49,15 @@ async def measure(reactor: Any, argv: list[str], marker: str, path: str, size: i
         def count(data: bytes) -> None:
             received[0] += len(data)
 
-        cpu = daemon_cpu(marker)
+        daemon = tclo_owner(program)
+        cpu = process_cpu_seconds(daemon)
         started = time.perf_counter()
         await client.download(path, count)
         elapsed = time.perf_counter() - started
-        used = daemon_cpu(marker) - cpu
+        used = process_cpu_seconds(daemon) - cpu
         await client.stop()
         if received[0] != size:
-            raise RuntimeError(f"{marker}: read {received[0]} bytes of {size}")
+            raise RuntimeError(f"{argv[0]}: read {received[0]} bytes of {size}")
         return size / elapsed / MiB, used * 1000 / (size / MiB)
     finally:
         program.terminate()
@@ -93,14 +75,16 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         conf = os.path.join(work, "tools.conf")
         with open(conf, "w") as f:
             f.write(VMTOOLSD_CONF)
-        guests = [("twistd vmtools", TWISTD, "twisted.scripts.twistd")]
+        ours = twistd_vmtools("--transport", "backdoor", "--guestinfo-interval", "0",
+                              twistd_options=os.environ.get("HGFS_BENCH_TWISTD", "").split())
+        guests = [("twistd vmtools", ours)]
         if shutil.which("vmtoolsd"):
-            guests.insert(0, ("vmtoolsd", ["vmtoolsd", "-n", "vmsvc", "-c", conf], "vmtoolsd"))
+            guests.insert(0, ("vmtoolsd", ["vmtoolsd", "-n", "vmsvc", "-c", conf]))
         print(f"{args.size} MiB read, {args.packet:,}-byte ReadV3 packets, backdoor under the trap engine\n")
         print("| guest | MB/s | guest CPU ms/MiB |")
         print("|---|---|---|")
-        for name, argv, marker in guests:
-            rate, cpu = await measure(reactor, argv, marker, path, size, args.packet)
+        for name, argv in guests:
+            rate, cpu = await measure(reactor, argv, path, size, args.packet)
             print(f"| {name} | {rate:,.1f} | {cpu:.1f} |")
 
 

@@ -28,10 +28,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
 from twisted_vmtools.vmx.model import VMX
-from twisted_vmtools.vmx.trapped import spawn_guest
+from twisted_vmtools.vmx.trapped import spawn_guest, twistd_vmtools, until_running
 
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile",
-          os.devnull, "vmtools", "--transport", "backdoor", "--guestinfo-interval", "0"]
 VMTOOLSD = ["vmtoolsd", "-n", "vmsvc"]
 
 
@@ -41,10 +39,7 @@ async def measure(reactor: Any, argv: list[str], high_bandwidth: bool, count: in
     program = spawn_guest(reactor, vmx, argv, high_bandwidth=high_bandwidth, stdout=devnull, stderr=devnull)
     host = program.engine.host
     try:
-        for _ in range(600):
-            if vmx.running:
-                break
-            await deferLater(reactor, 0.05, lambda: None)
+        await until_running(reactor, vmx)
         await deferLater(reactor, 2.0, lambda: None)  # let start-up traffic finish
         results = {}
         for command in (b"ping", b"Set_Option broadcastIP 1"):
@@ -66,7 +61,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300)
     args = parser.parse_args(argv)
-    guests = [("twistd vmtools", TWISTD)]
+    guests = [("twistd vmtools", twistd_vmtools("--transport", "backdoor", "--guestinfo-interval", "0"))]
     if shutil.which("vmtoolsd"):
         guests.insert(0, ("vmtoolsd", VMTOOLSD))
     print(f"{'guest':16} {'transfers':15} {'command':26} {'round trips/s':>14} {'traps/command':>14}")

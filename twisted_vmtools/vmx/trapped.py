@@ -15,12 +15,16 @@ high-bandwidth transfers thus waits on the reactor once, not five times.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 
-from ..codecs.message import ChannelEndpoint
+from ..codecs.message import PROTO_TCLO, ChannelEndpoint
 from ..codecs.registers import Registers
 from .backdoor_host import BackdoorHost
 from .endpoints import backdoor_endpoints
@@ -113,3 +117,41 @@ def spawn_guest(reactor: Any, vmx: VMX, argv: list[str], *, high_bandwidth: bool
 
     options.setdefault("pin_cpu", shared_cpu())
     return spawn_trapped(reactor, TrappedBackdoorHost(reactor, vmx, high_bandwidth=high_bandwidth), argv, **options)
+
+
+def twistd_vmtools(*options: str, logfile: str = os.devnull, twistd_options: Sequence[str] = ()) -> list[str]:
+    """The command line of ``twistd -n vmtools OPTIONS`` with this interpreter.
+
+    No pid file, so runs may overlap; ``twistd_options`` go before the plugin
+    name (e.g. ``--profile=PATH --profiler=cprofile --savestats``).
+    """
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            "--logfile", logfile, *twistd_options, "vmtools", *options]
+
+
+async def until_running(reactor: Any, vmx: VMX, timeout: float = 30.0) -> None:
+    """Wait until ``vmx`` sees tools running (they answered reset and Capabilities_Register)."""
+    deadline = time.monotonic() + timeout
+    while not vmx.running:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the guest tools did not answer the VMX within {timeout:g} s")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+def tclo_owner(program: Any) -> int:
+    """The pid of the process polling TCLO in a `spawn_guest` program: the daemon, not a helper it forked."""
+    channels = program.engine.host.host.channels.channels.values()
+    owners = {channel.owner for channel in channels if channel.protocol == PROTO_TCLO}
+    if len(owners) != 1:
+        raise RuntimeError(f"expected one process polling TCLO, found {sorted(owners)}")
+    return int(owners.pop())
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system time of all of process ``pid``'s threads, to the nanosecond.
+
+    /proc's tick counts (psutil's cpu_times) move in 10 ms steps, too coarse
+    for a few hundred TCLO round trips; the process's CPU-time clock (what
+    clock_getcpuclockid(3) returns: CPUCLOCK_SCHED of the whole process) is exact.
+    """
+    return time.clock_gettime(((~pid) << 3) | 2)
