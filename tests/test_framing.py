@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 
 from twisted_vmtools.codecs.datamap import VsockPacket
-from twisted_vmtools.framing import STREAM_BUFFER, PacketProtocol, widen
+from twisted_vmtools.framing import STREAM_BUFFER, PacketProtocol, widen, widen_socket
 
 
 class _SocketTransport(FileDescriptor):
@@ -102,3 +102,40 @@ def test_frame_is_the_encoding_in_pieces() -> None:
         assert b"".join(packet.frame()) == packet.encode()
     big = b"f " + bytes(100_000)
     assert VsockPacket.data(big).frame()[1] is big  # not copied
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_packet_is_read_to_its_end_at_once_and_no_further() -> None:
+    left, right = socket.socketpair()
+    widen_socket(right)
+    calls: list[int] = []
+    got: list[VsockPacket] = []
+    made: Deferred[None] = Deferred()
+
+    class Reader(PacketProtocol):
+        def connectionMade(self) -> None:
+            self.transport.bufferSize = 1000  # type: ignore[union-attr]  # the reactor's own reads: small
+            made.callback(None)
+
+        def dataReceived(self, data: bytes) -> None:
+            calls.append(len(data))
+            super().dataReceived(data)
+
+        def packetReceived(self, packet: VsockPacket) -> None:
+            got.append(packet)
+
+    big, small = VsockPacket.data(b"\x5a" * 300_000), VsockPacket.data(b"next")
+    right.sendall(big.encode() + small.encode())  # both wait in the socket before the first read
+    transport = reactor.adoptStreamConnection(  # type: ignore[attr-defined]
+        left.fileno(), socket.AF_UNIX, Factory.forProtocol(Reader)
+    )
+    await made
+    while len(got) < 2:
+        await deferLater(reactor, 0.001, lambda: None)  # type: ignore[arg-type]
+    assert got == [big, small]
+    # The first reactor read took 1,000 bytes; the rest of the big packet came in the same call,
+    # and the small one was left to the reactor's next read.
+    assert calls[:2] == [1000, len(small.encode())]
+    del transport
+    right.close()
+    left.close()

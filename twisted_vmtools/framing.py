@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from .codecs.datamap import PacketDecoder, VsockPacket, VsockPacketError
 
 STREAM_BUFFER = 1 << 20  # a 520 KB HGFS packet in one or two reads, not eight
+EAGER_READ_MIN = 64 << 10  # a packet this large, once begun, is read on at once rather than after a reactor turn
 
 
 def widen(transport: object) -> None:
@@ -60,6 +61,23 @@ class PacketProtocol(Protocol):
         super().makeConnection(transport)  # type: ignore[arg-type]
 
     def dataReceived(self, data: bytes) -> None:
+        self._deliver(data)
+        # A large packet arrives in many pieces while its sender is still writing: take the
+        # rest of it as it comes, without a reactor turn per piece.  Never past that packet.
+        while self._socket is not None and self._decoder.missing:
+            if self._decoder.buffered + self._decoder.missing < EAGER_READ_MIN:
+                return  # a small packet: not worth a system call that may find nothing
+            if getattr(self.transport, "disconnecting", True):
+                return
+            try:
+                more = self._socket.recv(self._decoder.missing)
+            except OSError:  # nothing there yet (or an error the reactor's own read will report)
+                return
+            if not more:
+                return  # the end of the stream: the reactor's next read sees it too
+            self._deliver(more)
+
+    def _deliver(self, data: bytes) -> None:
         try:
             packets = self._decoder.feed(data)
         except VsockPacketError as error:

@@ -285,6 +285,11 @@ class PacketDecoder:
         """Bytes of a partial packet held (at most 4 + the packet limit)."""
         return len(self._buffer)
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come before the partial packet held can be whole (0 when none is held)."""
+        return max(self._need - len(self._buffer), 0) if self._buffer else 0
+
 
 def decode_packet(data: bytes) -> VsockPacket:
     """Decode exactly one whole packet (length prefix included)."""
