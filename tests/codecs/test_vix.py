@@ -210,3 +210,16 @@ def test_fault_names() -> None:
     assert vix.fault_name(vix.VixCode.FILE_NOT_FOUND) == "FileNotFound"
     assert vix.fault_name(vix.VixCode.INVALID_LOGIN_CREDENTIALS) == "InvalidGuestLogin"
     assert vix.fault_name(424242) == "GuestOperationsFault"
+
+
+def test_text_that_is_not_utf8_is_refused_or_listed_as_vmtoolsd_does() -> None:
+    # From a command line or the file system, bytes that are not UTF-8 arrive as surrogate escapes.
+    for body, credentials in [(vix.PathRequest("/tmp/caf\udce9"), vix.Credentials("user", "pass")),
+                              (vix.SimpleFile("/tmp/x"), vix.Credentials("us\udcffer", "pass"))]:
+        with pytest.raises(vix.VixCodecError) as refused:
+            vix.build_request(vix.Op.CREATE_DIRECTORY_EX, body, credentials)
+        assert refused.value.code == vix.VixCode.INVALID_ARG and "is not UTF-8" in str(refused.value)
+    listing = vix.FileListing((vix.FileInfo("caf\udce9"), vix.FileInfo("link", symlink_target="\udcff"))).encode()
+    assert [(f.name, f.symlink_target) for f in vix.decode_file_listing(listing).files] == [
+        ("\ufffd\ufffd\ufffd", ""), ("link", "\ufffd\ufffd\ufffd")
+    ]

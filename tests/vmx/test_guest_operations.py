@@ -140,6 +140,15 @@ def test_wrong_login(guest: Guest, tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_names_that_are_not_utf8(guest: Guest, tmp_path: Path) -> None:
+    # Asked for: refused before anything is sent.  Found in the guest: listed as vmtoolsd lists them.
+    error = guest.error(guest.ops.make_directory(LOGIN, str(tmp_path / "caf\udce9")))
+    assert error.code == VixCode.INVALID_ARG and "is not UTF-8" in str(error)
+    (tmp_path / os.fsdecode(b"caf\xe9")).touch()
+    listed = guest.run(guest.ops.list_files(LOGIN, str(tmp_path)))
+    assert vix.UNREPRESENTABLE_NAME in [f.name for f in listed.files]
+
+
 def test_tools_properties(guest: Guest) -> None:
     properties = guest.run(guest.ops.tools_properties())
     assert properties[vix.Property.GUEST_TOOLS_PRODUCT_NAME] == "twisted_vmtools"

@@ -330,7 +330,7 @@ class Credentials:
     def encode(self) -> bytes:
         if self.type not in NAME_PASSWORD_TYPES:
             raise VixCodecError(f"cannot encode credential type {self.type}", VixCode.NOT_SUPPORTED)
-        user, password = self.user.encode(), self.password.encode()
+        user, password = _utf8(self.user), _utf8(self.password)
         if b"\0" in user or b"\0" in password:
             raise VixCodecError("a guest user name or password cannot contain NUL", VixCode.INVALID_ARG)
         # Linux guests ignore the two lengths (protocol.md §7.2); the VMX fills them all the same.
@@ -412,9 +412,19 @@ def _text(raw: bytes) -> str:
         raise VixCodecError("Vix string is not UTF-8") from None
 
 
+def _utf8(value: str) -> bytes:
+    """``value`` as Vix carries text.  A str holding bytes that are not UTF-8 (a file name or argument
+    decoded with surrogateescape) cannot go: refused with the codec's error, not a UnicodeEncodeError."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise VixCodecError(f"'{shown[:80]}' is not UTF-8, the only text Vix carries", VixCode.INVALID_ARG) from None
+
+
 def _string(value: str) -> tuple[int, bytes]:
     """(length without NUL, bytes with NUL) for ``GetString`` fields."""
-    raw = value.encode("utf-8")
+    raw = _utf8(value)
     if b"\0" in raw:
         raise VixCodecError("a Vix string cannot contain NUL", VixCode.INVALID_ARG)
     return len(raw), raw + b"\0"
@@ -830,6 +840,19 @@ class FileType(enum.IntFlag):
     SYMLINK = 0x2
 
 
+# vmtoolsd's stand-in for a file name that is not UTF-8 (open-vm-tools lib/file: "three UTF8
+# substitution characters"): a listing still lists the file, and stays UTF-8.
+UNREPRESENTABLE_NAME = "\ufffd" * 3
+
+
+def _listed(name: str) -> str:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes from the file system kept as surrogate escapes
+        return UNREPRESENTABLE_NAME
+    return name
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """One ``<fxi>`` (Linux form)."""
@@ -846,9 +869,9 @@ class FileInfo:
 
     def encode(self) -> str:
         return (
-            f"<fxi><Name>{escape_xml(self.name)}</Name><ft>{self.type}</ft><fs>{self.size}</fs>"
+            f"<fxi><Name>{escape_xml(_listed(self.name))}</Name><ft>{self.type}</ft><fs>{self.size}</fs>"
             f"<mt>{self.mtime}</mt><at>{self.atime}</at><uid>{self.uid}</uid><gid>{self.gid}</gid>"
-            f"<perm>{self.permissions}</perm><slt>{escape_xml(self.symlink_target)}</slt></fxi>"
+            f"<perm>{self.permissions}</perm><slt>{escape_xml(_listed(self.symlink_target))}</slt></fxi>"
         )
 
 
@@ -1023,7 +1046,7 @@ def encode_properties(properties: Iterable[tuple[int, PropertyType, PropertyValu
         elif ptype == PropertyType.BOOL:
             raw = bytes([bool(value)])
         elif ptype == PropertyType.STRING:
-            raw = str(value).encode("utf-8") + b"\0"
+            raw = _utf8(str(value)) + b"\0"
         else:
             raw = bytes(value)  # type: ignore[arg-type]
         out += _PROPERTY_HEAD.pack(pid, ptype, len(raw)) + raw

@@ -42,7 +42,10 @@ class VixClient:
     async def call(self, op: vix.Op, body: vix.Body, credentials: vix.Credentials | None) -> bytes:
         """The result of ``op``; `GuestOperationError` for a Vix error or a guest that cannot answer."""
         cookie = next(self._cookies)
-        request = vix.build_request(op, body, credentials, cookie=cookie)
+        try:
+            request = vix.build_request(op, body, credentials, cookie=cookie)
+        except vix.VixCodecError as error:  # what no request can carry (a NUL, text that is not UTF-8)
+            raise GuestOperationError(error.code, str(error)) from None
         command = vix.relayed_command(request.encode(), b"%d" % cookie)
         try:
             reply = await self.send(command)
