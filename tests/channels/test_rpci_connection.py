@@ -1,7 +1,8 @@
-"""The RPCI connection shared by the stream and vsock channels."""
+"""The RPCI connection shared by the stream and vsock channels: its machine's transitions, on a Clock."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
@@ -10,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tests.support import failure_of, result_of
 from twisted_vmtools.channels.interfaces import ChannelError
 from twisted_vmtools.channels.rpci_connection import RPCIConnection
 from twisted_vmtools.channels.stream_protocols import GuestRPCIProtocol
@@ -109,3 +111,162 @@ def test_no_calls_after_stop() -> None:
     rpci.call(b"b").addBoth(late.append)
     assert late[0].check(ChannelError)  # type: ignore[attr-defined]
     assert len(endpoint.pending) == 1  # the stopped connection never connects again
+
+
+def lose(protocol: GuestRPCIProtocol) -> None:
+    protocol.connectionLost(Failure(ConnectionError("VMX went away")))
+
+
+def test_a_live_connection_carries_every_call_and_a_loss_makes_the_next_call_reconnect() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock())
+    first = rpci.call(b"a")
+    protocol, transport = endpoint.complete()
+    second = rpci.call(b"b")  # straight onto the live connection
+    assert endpoint.pending == [] and sent(transport) == [b"a", b"b"]
+    protocol.dataReceived(VsockPacket.data(b"1 a").encode() + VsockPacket.data(b"1 b").encode())
+    assert (result_of(first), result_of(second)) == (b"1 a", b"1 b")
+    lose(protocol)
+    rpci.call(b"c")
+    assert len(endpoint.pending) == 1
+
+
+def test_a_call_in_flight_when_the_connection_is_lost_fails_without_retry() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock())
+    reply = rpci.call(b"a")
+    protocol, _ = endpoint.complete()
+    lose(protocol)
+    assert "lost" in failure_of(reply).getErrorMessage()
+    assert endpoint.pending == []  # nothing is sent again, and nothing connects until the next call
+
+
+def test_retry_lost_sends_again_only_once() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock(), retry_lost=True)
+    reply = rpci.call(b"a")
+    first, _ = endpoint.complete()
+    lose(first)
+    second, _ = endpoint.complete()
+    lose(second)
+    assert failure_of(reply).check(ChannelError)
+    assert endpoint.pending == []
+
+
+def test_a_call_that_waited_for_the_connection_times_out_with_a_channel_error() -> None:
+    endpoint = SlowEndpoint()
+    clock = Clock()
+    rpci = connection(endpoint, clock)
+    reply = rpci.call(b"a")
+    outcomes: list[object] = []
+    reply.addBoth(outcomes.append)  # the caller's callbacks come before the connection exists
+    clock.advance(20)
+    _, transport = endpoint.complete()
+    clock.advance(29)
+    assert outcomes == []  # the timeout runs from sending
+    clock.advance(2)
+    assert len(outcomes) == 1 and outcomes[0].check(ChannelError)  # type: ignore[attr-defined]
+    assert "within 30.0 s" in outcomes[0].getErrorMessage()  # type: ignore[attr-defined]
+    assert transport.disconnecting
+
+
+def test_a_reply_after_the_timeout_is_dropped_and_the_next_call_uses_a_new_connection() -> None:
+    endpoint = SlowEndpoint()
+    clock = Clock()
+    rpci = connection(endpoint, clock)
+    reply = rpci.call(b"a")
+    protocol, _ = endpoint.complete()
+    clock.advance(31)
+    assert failure_of(reply).check(ChannelError)
+    protocol.dataReceived(VsockPacket.data(b"1 late").encode())  # no AlreadyCalledError
+    lose(protocol)  # the close the timeout asked for
+    rpci.call(b"b")
+    second, transport = endpoint.complete()
+    assert sent(transport) == [b"b"]
+
+
+def test_stop_while_a_call_is_in_flight_closes_the_connection_and_refuses_later_calls() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock(), retry_lost=True)
+    reply = rpci.call(b"a")
+    protocol, transport = endpoint.complete()
+    rpci.stop()
+    assert transport.disconnecting
+    lose(protocol)
+    assert failure_of(reply).check(ChannelError)  # not sent again after stop
+    assert endpoint.pending == []
+    assert "stopped" in failure_of(rpci.call(b"b")).getErrorMessage()
+
+
+def test_a_connection_made_after_stop_is_closed_at_once() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock())
+    reply = rpci.call(b"a")
+    rpci.stop()
+    assert "stopped" in failure_of(reply).getErrorMessage()
+    protocol, transport = endpoint.complete()
+    assert transport.disconnecting and sent(transport) == []
+    lose(protocol)  # reported to a stopped machine: nothing happens
+    rpci.stop()  # twice is harmless
+
+
+def test_a_caller_calling_again_from_its_errback_starts_a_new_connection() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock())
+    again: list[Deferred[bytes]] = []
+    rpci.call(b"a").addErrback(lambda _: again.append(rpci.call(b"a again")))
+    endpoint.pending.pop(0)[1].errback(ConnectionRefusedError("no VMX"))
+    assert len(again) == 1 and len(endpoint.pending) == 1
+    protocol, transport = endpoint.complete()
+    assert sent(transport) == [b"a again"]
+
+
+@implementer(IStreamClientEndpoint)
+class AtOnceEndpoint:
+    """Connects (or fails) before `connect` returns, as an in-memory endpoint may."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+        self.transports: list[StringTransport] = []
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        if self.refuse:
+            return defer.fail(ConnectionRefusedError("no VMX"))
+        protocol = factory.buildProtocol(UNIXAddress(b"vmx"))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.transports.append(transport)
+        return defer.succeed(protocol)
+
+
+def test_an_endpoint_that_connects_at_once() -> None:
+    endpoint = AtOnceEndpoint(refuse=False)
+    rpci = RPCIConnection(endpoint, GuestRPCIProtocol, Clock(), name="vmx", timeout=30.0)
+    rpci.call(b"a")
+    rpci.call(b"b")
+    assert len(endpoint.transports) == 1 and sent(endpoint.transports[0]) == [b"a", b"b"]
+
+
+def test_an_endpoint_that_fails_at_once() -> None:
+    endpoint = AtOnceEndpoint(refuse=True)
+    rpci = RPCIConnection(endpoint, GuestRPCIProtocol, Clock(), name="vmx", timeout=30.0)
+    assert "cannot reach the VMX at vmx" in failure_of(rpci.call(b"a")).getErrorMessage()
+    endpoint.refuse = False
+    rpci.call(b"b")
+    assert sent(endpoint.transports[0]) == [b"b"]
+
+
+def test_a_connection_lost_before_the_endpoint_reports_it_fails_the_waiting_calls() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock())
+    reply = rpci.call(b"a")
+    factory, waiting = endpoint.pending.pop(0)
+    protocol = factory.buildProtocol(UNIXAddress(b"vmx"))
+    assert isinstance(protocol, GuestRPCIProtocol)
+    protocol.makeConnection(StringTransport())
+    lose(protocol)
+    waiting.callback(protocol)
+    assert "closed at once" in failure_of(reply).getErrorMessage()
+    rpci.call(b"b")
+    assert len(endpoint.pending) == 1

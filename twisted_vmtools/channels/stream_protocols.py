@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
@@ -92,6 +92,8 @@ class GuestRPCIProtocol(PacketProtocol):
     """The guest's end of an RPCI connection: requests out, replies back in order."""
 
     preamble = StreamKind.RPCI.preamble
+    # Told of the loss before the calls in flight fail (`RPCIConnection` sets it).
+    on_lost: Callable[[GuestRPCIProtocol], None] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,10 +104,12 @@ class GuestRPCIProtocol(PacketProtocol):
         if self.preamble:
             self.transport.write(self.preamble)  # type: ignore[union-attr]
 
-    def request(self, data: bytes) -> Deferred[bytes]:
+    def request(self, data: bytes, reply: Deferred[bytes] | None = None) -> Deferred[bytes]:
+        """Send ``data``; ``reply`` (a new Deferred if not given) fires with the answer."""
+        waiting: Deferred[bytes] = Deferred() if reply is None else reply
         if self.lost:
-            return defer.fail(ChannelError("RPCI connection is closed"))
-        waiting: Deferred[bytes] = Deferred()
+            waiting.errback(ChannelError("RPCI connection is closed"))
+            return waiting
         self._waiting.append(waiting)
         self.sendPacket(VsockPacket.data(data))
         return waiting
@@ -125,6 +129,8 @@ class GuestRPCIProtocol(PacketProtocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self.lost = True
+        if self.on_lost is not None:
+            self.on_lost(self)
         while self._waiting:
             self._waiting.popleft().errback(ChannelError(f"RPCI connection lost: {reason.getErrorMessage()}"))
 
