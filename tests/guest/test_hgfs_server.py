@@ -147,6 +147,18 @@ def test_cut_off_by_a_crash_is_cleaned_at_the_next_start(tmp_path: Path) -> None
     assert (tmp_path / "bystander.vmtools-upload-x").exists()
 
 
+def test_a_name_that_is_not_utf8_is_uploaded_and_journaled(tmp_path: Path) -> None:
+    server, _ = make_server(tmp_path)
+    client = client_of(server)
+    path = os.fsdecode(bytes(tmp_path) + b"/caf\xe9")
+    handle = run(client.open(path, OpenMode.WRITE_ONLY, OpenFlags.CREATE_EMPTY, 0o600))
+    (entry,) = (tmp_path / "journal").iterdir()  # the temporary noted for a restart, by its bytes
+    assert os.fsdecode(entry.read_bytes()).startswith(os.fsdecode(bytes(tmp_path) + b"/.caf\xe9."))
+    run(client.write(handle, 0, b"data"))
+    run(client.close(handle))
+    assert Path(path).read_bytes() == b"data" and no_temporaries(tmp_path)
+
+
 def test_sparse_file_past_4_gib(tmp_path: Path) -> None:
     server, _ = make_server(tmp_path)
     client = client_of(server)

@@ -115,7 +115,7 @@ class UploadJournal:
             return None
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # on first use: most guests never upload
         entry = self.directory / (os.path.basename(temp) + ".pending")
-        entry.write_text(temp)
+        entry.write_bytes(os.fsencode(temp))  # the path's own bytes: a name need not be UTF-8
         return str(entry)
 
     def forget(self, entry: str | None) -> None:
@@ -130,7 +130,7 @@ class UploadJournal:
             return removed
         for entry in self.directory.glob("*.pending"):
             with _quiet():
-                temp = entry.read_text()
+                temp = os.fsdecode(entry.read_bytes())
                 if _TEMP_NAME.match(os.path.basename(temp)):
                     with _quiet():
                         os.unlink(temp)
