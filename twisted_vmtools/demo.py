@@ -9,10 +9,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from .channels.stream import StreamChannel
+from .endpoint_strings import client_for, parse_server
 from .printable import readable
 from .protocols.rpci import RPCIError
 from .service import ToolsService
-from .simsocket import client_description
 from .vmx.model import VMX, RPCRecord
 from .vmx.simulator import SimulatorService
 
@@ -35,10 +35,10 @@ async def run_demo(reactor: IReactorTime, where: str | None = None) -> int:
         where = where or os.path.join(directory, "vmx.sock")
         vmx = VMX(reactor)
         simulator = SimulatorService(reactor, where, vmx=vmx)
-        tools = ToolsService(reactor, StreamChannel(reactor, client_description(where)))
+        tools = ToolsService(reactor, StreamChannel(reactor, client_for(parse_server(where))))
+        simulator.startService()  # CannotListen, before a word of the tour: nothing to show without it
         print(f"== A simulated VMX listens on {where}; our guest tools connect to it.")
         vmx.observe(_show)
-        simulator.startService()
         tools.startService()
         try:
             return await _tour(reactor, vmx, tools)

@@ -1,7 +1,9 @@
 """``vmtools-rpctool 'COMMAND'``: send one RPCI request, as vmware-rpctool does.
 
-Prints the reply (without its ``1 ``) and exits 0; on a ``0 …`` reply or a
-transport failure it prints the reason on stderr and exits 1.
+Prints the reply (without its ``1 ``) and exits 0; on a ``0 …`` reply it
+prints the reason on stderr and exits 1, as vmware-rpctool does.  A
+``--transport`` that cannot work exits 2, a VMX that cannot be reached 3 (the
+table in `twisted_vmtools.exit_codes`).
 """
 
 from __future__ import annotations
@@ -16,34 +18,44 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
 from . import __version__
+from .exit_codes import ExitCode, ToolError, report
 from .protocols.rpci import RPCI, RPCIError
+
+
+def _transport(spec: str) -> str:
+    """``--transport``, checked as argparse parses it (one sentence, exit 2)."""
+    from .channels.select import check_transport
+
+    try:
+        return check_transport(spec)
+    except ToolError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmtools-rpctool", description="Send one RPCI request to the VMX.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--transport", "-t", default="auto", help="auto, backdoor, vsock, unix:PATH, tcp:HOST:PORT")
+    parser.add_argument("--transport", "-t", default="auto", type=_transport,
+                        help="auto, backdoor, vsock, unix:PATH, tcp:HOST:PORT")
     parser.add_argument("request", help="the request, e.g. 'info-get guestinfo.ip'")
     return parser
 
 
 async def send_one(reactor: Any, transport: str, request: bytes) -> int:
-    from .channels.interfaces import ChannelError
     from .tap import make_channel
 
     try:
         channel = make_channel(reactor, transport)
-    except ChannelError as error:
-        sys.stderr.write(f"vmtools-rpctool: {error}\n")
-        return 1
+    except ToolError as error:  # not a VMware VM, say
+        return report("vmtools-rpctool", error)
     try:
         reply = await RPCI(channel).call(request)
     except RPCIError as error:
         sys.stderr.write(f"{error}\n")
-        return 1
+        return ExitCode.FAILED
     except Exception as error:
         sys.stderr.write(f"Failed sending message to VMware: {error}\n")
-        return 1
+        return ExitCode.UNREACHABLE
     finally:
         await channel.stop()
     sys.stdout.buffer.write(reply + b"\n")

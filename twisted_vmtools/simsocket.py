@@ -10,10 +10,19 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from typing import TYPE_CHECKING
+
+from .endpoint_strings import EndpointStringError, parse_client
+from .exit_codes import ExitCode, ToolError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamClientEndpoint
 
 
-class UntrustedSocket(ValueError):
+class UntrustedSocket(ToolError, ValueError):
     """A socket (or its directory) that another user could have put there: nothing is sent to it."""
+
+    exit_code = ExitCode.UNREACHABLE
 
 
 def default_simulator_socket() -> str:
@@ -54,13 +63,26 @@ def _check_owned(path: str, kind: object, what: str) -> None:
 
 
 def client_description(where: str) -> str:
-    """A client endpoint description for ``where``: a bare path is shorthand for ``unix:PATH``.
+    """A client endpoint description for ``where`` (`parse_client`: a bare path is ``unix:PATH``).
 
-    A Unix socket is checked first (`trusted_path`): a client must not hand its
-    commands and secrets to a socket another user squatted at the path.
+    `EndpointStringError` if it cannot work.  A Unix socket is checked first
+    (`trusted_path`): a client must not hand its commands and secrets to a
+    socket another user squatted at the path.
     """
-    description = where if ":" in where else f"unix:{where}"
-    if description.startswith("unix:"):
-        path = description[len("unix:"):].split(":", 1)[0]
-        trusted_path(path.removeprefix("path="))
-    return description
+    address = parse_client(where)
+    if address.path is not None:
+        trusted_path(address.path)
+    return address.description
+
+
+def client_endpoint(reactor: object, where: str) -> IStreamClientEndpoint:
+    """The endpoint to connect to at ``where``, checked (`client_description`) and built by clientFromString."""
+    from twisted.internet.endpoints import clientFromString
+
+    description = client_description(where)
+    try:
+        return clientFromString(reactor, description)
+    except ValueError as error:  # Twisted's "Unknown endpoint type", a plugin's own sentence
+        raise EndpointStringError(f"{where!r}: {error}") from None
+    except (TypeError, KeyError):  # arguments a plugin's parser does not take
+        raise EndpointStringError(f"{where!r} is not an endpoint string this client can use") from None

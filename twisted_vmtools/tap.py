@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from .channels.interfaces import ChannelError, IGuestChannel
+from .channels.interfaces import IGuestChannel
+from .endpoint_strings import SERVER_FORMS, EndpointStringError, client_for, parse_server
+from .exit_codes import ToolError, UsageError, report
 from .guest.guestinfo import DEFAULT_INTERVAL
 from .guest.hgfs_files import UploadJournal
 from .guest.netinfo import primary_ip
 from .guest.sysinfo import DEFAULT_EXCLUDE_NICS, SystemGuestInfoSource
 from .heap import keep_packets_in_heap
 from .service import ToolsService, default_features
-from .simsocket import client_description, default_simulator_socket
+from .simsocket import default_simulator_socket
 from .tap_power import POWER_PARAMETERS, check_power_options, power_handler
 from .toolsconf import ToolsConf, ToolsConfError, load_tools_conf
 
@@ -34,8 +39,9 @@ class Options(usage.Options):
         "to reach a running `vmtools-sim serve`."
     )
     optParameters = [
-        ["transport", "t", "auto", "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"],
-        ["socket", "s", None, "with --simulate: where the embedded VMX listens (default: a per-user path)"],
+        ["transport", "t", None, "auto (the default), backdoor, vsock, unix:PATH or tcp:HOST:PORT"],
+        ["socket", "s", None, f"with --simulate: where the embedded VMX listens, {SERVER_FORMS} "
+                              "(default: a per-user path)"],
         ["primary-ip", None, None, "the address reported for Set_Option broadcastIP (default: first usable IPv4)"],
         ["guestinfo-interval", None, None,
          "seconds between NIC/IP, host name, OS and uptime reports; 0 disables (default: tools.conf, else 30)"],
@@ -60,12 +66,60 @@ class Options(usage.Options):
         print(f"twisted_vmtools {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd, a usage error ends the process as the other tools' do: one sentence, exit 2
+        (twistd's own prints its whole usage and exits 1).  Standalone, `usage.UsageError` propagates."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            _exit(UsageError(str(error)))
+
     def postOptions(self) -> None:
+        check_where(self)
+        if self["primary-ip"] is not None:
+            self["primary-ip"] = ip_address(self["primary-ip"])
         if self["auth"] not in AUTH_CHOICES:
             raise usage.UsageError(f"--auth must be one of {', '.join(AUTH_CHOICES)}, not {self['auth']!r}")
         self["tools-conf"] = read_tools_conf(self["config"])
         guest_info_interval(self["guestinfo-interval"], self["tools-conf"])
         check_power_options(self)
+
+
+def check_where(options: usage.Options) -> None:
+    """``--transport`` reaches a VMX, ``--simulate [--socket]`` makes one: one or the other, each value checked."""
+    from .channels.select import check_transport
+
+    if options["simulate"] and options["transport"] is not None:
+        raise usage.UsageError("--transport and --simulate exclude each other: --simulate is the transport")
+    if options["socket"] is not None and not options["simulate"]:
+        raise usage.UsageError("--socket is where the VMX of --simulate listens: use it with --simulate "
+                               "(--transport names a VMX that runs elsewhere)")
+    try:
+        if options["transport"] is not None:
+            check_transport(options["transport"])
+    except ToolError as error:
+        raise usage.UsageError(f"--transport: {error}") from None
+    try:
+        if options["socket"] is not None:
+            client_for(parse_server(options["socket"]))
+    except EndpointStringError as error:
+        raise usage.UsageError(f"--socket: {error}") from None
+
+
+def ip_address(text: str) -> str:
+    """``--primary-ip``: an IPv4 or IPv6 address, written as the guest will report it."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise usage.UsageError(f"--primary-ip {text!r} is not an IP address") from None
+
+
+def _exit(error: ToolError) -> NoReturn:
+    # The real stderr: once twistd has begun logging, sys.stderr goes into its log.
+    report("twistd vmtools", error, sys.__stderr__ or sys.stderr)
+    raise SystemExit(int(error.exit_code))
 
 
 def read_tools_conf(path: str | None) -> ToolsConf:
@@ -126,23 +180,58 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         from .vmx.simulator import SimulatorService
 
         where = options["socket"] or default_simulator_socket()
-        from .vmx.simulator import SocketInUseError, claim_socket
+        from .vmx.simulator import claim_socket
 
+        top = _ExitIfCannotListen(getattr(options, "parent", None))
         try:
             claim_socket(where)
-        except SocketInUseError as error:
-            raise SystemExit(f"twistd vmtools: {error}") from None
-        top = MultiService()
-        SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
-        channel: IGuestChannel = StreamChannel(reactor, client_description(where))  # type: ignore[arg-type]
+            SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
+        except ToolError as error:
+            _exit(error)
+        channel: IGuestChannel = StreamChannel(reactor, client_for(parse_server(where)))  # type: ignore[arg-type]
         tools_service(reactor, channel, options).setServiceParent(top)
         return top
     try:
-        channel = make_channel(reactor, options["transport"])
-    except ChannelError as error:
-        # A clear sentence, not a traceback: this is the usual mistake outside a VMware VM.
-        raise SystemExit(f"twistd vmtools: {error}") from None
+        channel = make_channel(reactor, options["transport"] or "auto")
+    except ToolError as error:
+        # A clear sentence, not a traceback: "not a VMware VM" is the usual mistake outside one.
+        _exit(error)
     return tools_service(reactor, channel, options)
+
+
+class _ExitIfCannotListen(MultiService):
+    """``--simulate`` under ``twistd -n``: a socket the VMX cannot listen on ends twistd at once, in
+    one sentence and exit code 4 (twistd would log a traceback, then run a guest with no VMX).
+
+    Daemonized, the error goes to twistd's own start-up report (its status pipe), as any other does.
+    """
+
+    def __init__(self, twistd_config: usage.Options | None) -> None:
+        super().__init__()
+        self._config = twistd_config
+
+    def privilegedStartService(self) -> None:
+        from .exit_codes import CannotListen
+
+        try:
+            super().privilegedStartService()
+        except CannotListen as error:
+            config = self._config
+            if config is not None and not config.get("nodaemon", True):
+                raise
+            if config is not None and config.get("pidfile"):
+                _remove_pidfile(config["pidfile"])
+            _exit(error)
+
+
+def _remove_pidfile(path: str) -> None:
+    """twistd's pid file, if it is ours: twistd removes it only on an Exception, and we exit."""
+    try:
+        with open(path) as handle:
+            if int(handle.read().strip() or 0) == os.getpid():
+                os.unlink(path)
+    except (OSError, ValueError):
+        pass
 
 
 def tools_service(reactor: object, channel: IGuestChannel, options: Options) -> ToolsService:

@@ -360,13 +360,11 @@ def connect_guest_operations(reactor: Any, where: str, login: tuple[str, str] | 
 
 
 async def _connect(reactor: Any, where: str, login: tuple[str, str] | None) -> IGuestOperations:
-    from twisted.internet.endpoints import clientFromString
-
-    from .simsocket import client_description
+    from .simsocket import client_endpoint
     from .vmx.control import connect_control, control_secret
     from .vmx.guest_verbs import guest_operations
 
-    endpoint = clientFromString(reactor, client_description(where))
+    endpoint = client_endpoint(reactor, where)
     control = await _awaited(connect_control(endpoint, control_secret(where)))
     ops = guest_operations(control)
     ops.default_login = Credentials(*login) if login is not None else None  # type: ignore[attr-defined]

@@ -18,9 +18,16 @@ from tests.support import result_of
 from twisted_vmtools.channels.backdoor import BackdoorChannel, host_executor
 from twisted_vmtools.channels.detect import BackdoorInterface, Detection
 from twisted_vmtools.channels.interfaces import IGuestChannel, ITCLOHandler
-from twisted_vmtools.channels.select import AutoChannel, TransportUnavailable, make_channel
+from twisted_vmtools.channels.select import (
+    AutoChannel,
+    BadTransport,
+    TransportUnavailable,
+    check_transport,
+    make_channel,
+)
 from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT, VsockChannel
 from twisted_vmtools.codecs.message import PROTO_RPCI, PROTO_TCLO
+from twisted_vmtools.exit_codes import ExitCode
 from twisted_vmtools.protocols.tclo import TCLODispatcher
 
 from .fakes import FakeVMX, PairConnector
@@ -77,10 +84,31 @@ def test_unknown_spec() -> None:
         make_channel("carrier-pigeon", _reactor, detection=no_detection)
 
 
-@pytest.mark.parametrize("spec", ["tcp:nonsense", "tcp:127.0.0.1:notaport"])
-def test_malformed_stream_spec_is_a_clear_refusal(spec: str) -> None:
-    with pytest.raises(TransportUnavailable, match="bad transport"):
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("tcp:nonsense", "names no port"),
+        ("tcp:127.0.0.1:notaport", "port must be a number"),
+        ("tcp::1234", "names no host"),
+        ("tcp:localhost:99999", "from 1 to 65535"),
+        ("unix:", "names no socket path"),
+        ("unix:/" + "x" * 120, "at most 107"),
+        ("tcp:1234", "names only a port"),
+    ],
+)
+def test_malformed_stream_spec_is_a_clear_refusal(spec: str, said: str) -> None:
+    """Refused before anything connects (it used to be retried forever), in one sentence, exit code 2."""
+    with pytest.raises(BadTransport, match=said) as refused:
         make_channel(spec, _reactor, detection=no_detection)
+    assert spec in str(refused.value) and refused.value.exit_code == ExitCode.USAGE
+    assert "\n" not in str(refused.value) and "__init__" not in str(refused.value)
+    assert check_transport("unix:/run/vmx.sock") == "unix:/run/vmx.sock"
+
+
+def test_not_vmware_is_unreachable_not_usage() -> None:
+    with pytest.raises(TransportUnavailable) as refused:
+        make_channel("backdoor", _reactor, detection=lambda: KVM)
+    assert refused.value.exit_code == ExitCode.UNREACHABLE
 
 
 def test_specs_in_vmware() -> None:

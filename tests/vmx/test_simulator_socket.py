@@ -7,8 +7,18 @@ import socket
 from pathlib import Path
 
 import pytest
+from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from twisted_vmtools.vmx.simulator import SocketInUseError, claim_socket, server_endpoint, socket_path
+from twisted_vmtools.endpoint_strings import EndpointStringError
+from twisted_vmtools.exit_codes import UsageError
+from twisted_vmtools.vmx.private_socket import PrivateUNIXServerEndpoint
+from twisted_vmtools.vmx.simulator import (
+    RemoteListenError,
+    SocketInUseError,
+    claim_socket,
+    server_endpoint,
+    socket_path,
+)
 
 
 def test_a_regular_file_is_never_touched(tmp_path: Path) -> None:
@@ -41,9 +51,36 @@ def test_a_dead_simulators_socket_is_removed(tmp_path: Path) -> None:
 def test_socket_names() -> None:
     assert socket_path("/run/vmx.sock") == "/run/vmx.sock"
     assert socket_path("unix:/run/vmx.sock") == "/run/vmx.sock"
+    assert socket_path("unix:path=/run/vmx.sock") == "/run/vmx.sock"
     assert socket_path("tcp:127.0.0.1:9999") is None
-    with pytest.raises(ValueError, match="tcp:HOST:PORT"):
+    with pytest.raises(EndpointStringError, match="the port must be a number"):
+        server_endpoint(object(), "tcp:localhost")
+
+
+def test_tcp_port_means_every_interface_as_in_twisted() -> None:
+    """``tcp:PORT`` listens on every interface, as serverFromString has it: a remote listener."""
+    with pytest.raises(RemoteListenError, match="--allow-remote"):
         server_endpoint(object(), "tcp:9999")
+    endpoint = server_endpoint(object(), "tcp:9999", allow_remote=True)
+    assert isinstance(endpoint, TCP4ServerEndpoint)
+    assert (endpoint._port, endpoint._interface) == (9999, "")
+
+
+@pytest.mark.parametrize("where", ["tcp:port=9999:interface=127.0.0.1", "tcp:127.0.0.1:9999", "tcp:9999:interface=::1"])
+def test_loopback_tcp_needs_no_allow_remote(where: str) -> None:
+    endpoint = server_endpoint(object(), where.replace("::1", "\\:\\:1"))
+    assert isinstance(endpoint, TCP4ServerEndpoint) and endpoint._port == 9999
+
+
+def test_a_unix_socket_always_goes_through_the_private_listener() -> None:
+    for where in ("/run/x.sock", "unix:/run/x.sock", "unix:path=/run/x.sock", "unix:address=/run/x.sock:backlog=5"):
+        endpoint = server_endpoint(object(), where, group=7)
+        assert isinstance(endpoint, PrivateUNIXServerEndpoint)
+        assert (endpoint.path, endpoint.group) == ("/run/x.sock", 7)
+    with pytest.raises(EndpointStringError, match="0600"):
+        server_endpoint(object(), "unix:/run/x.sock:mode=666")
+    with pytest.raises(UsageError, match="--socket-group"):
+        server_endpoint(object(), "tcp:port=9999:interface=127.0.0.1", group=7)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file another user's")

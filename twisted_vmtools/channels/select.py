@@ -28,20 +28,46 @@ from zope.interface import implementer
 
 from ..codecs.message import Backdoor
 from ..codecs.tclo import RESET
+from ..endpoint_strings import EndpointStringError, parse_client
+from ..exit_codes import ExitCode, ToolError
 from .backdoor import BackdoorChannel, hardware_executor
 from .detect import Detection, detected
 from .interfaces import ChannelError, IGuestChannel, ITCLOCommands, ITCLOHandler
 from .vsock import Connector, VsockChannel, VsockConnectError
 
 TRANSPORTS = "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"
+VMWARE_TRANSPORTS = ("auto", "backdoor", "vsock")
+STREAM_PREFIXES = ("unix:", "tcp:", "tcp6:")
 VSOCK_ATTEMPTS = 3
 VSOCK_ATTEMPT_INTERVAL = 0.1
 FIRST_FALLBACK_DELAY = 2.0
 MAX_FALLBACK_DELAY = 300.0
 
 
-class TransportUnavailable(ChannelError):
-    """The transport asked for cannot work here (not a VMware VM, or an unknown name)."""
+class TransportUnavailable(ChannelError, ToolError):
+    """The transport asked for cannot work here (not a VMware VM)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class BadTransport(TransportUnavailable):
+    """A ``--transport`` value that names no transport: a usage error."""
+
+    exit_code = ExitCode.USAGE
+
+
+def check_transport(spec: str) -> str:
+    """``--transport spec`` checked where it is parsed: a VMware transport's name, or a stream
+    endpoint string that can work (`parse_client`); `TransportUnavailable` in one sentence if not."""
+    if spec in VMWARE_TRANSPORTS:
+        return spec
+    if not spec.startswith(STREAM_PREFIXES):
+        raise BadTransport(f"unknown transport {spec!r}: expected {TRANSPORTS}")
+    try:
+        parse_client(spec)
+    except EndpointStringError as error:
+        raise BadTransport(str(error)) from None
+    return spec
 
 
 def _not_vmware(spec: str, found: Detection) -> TransportUnavailable:
@@ -66,15 +92,10 @@ def make_channel(
     ``detection``, ``backdoor`` (an executor) and ``vsock_connector`` default
     to the real ones; tests inject theirs.  ``clock`` defaults to ``reactor``.
     """
-    if spec.startswith(("unix:", "tcp:")):
+    if check_transport(spec) not in VMWARE_TRANSPORTS:
         from .stream import StreamChannel
 
-        try:
-            return StreamChannel(reactor, spec)
-        except (ValueError, TypeError) as error:  # what Twisted's endpoint parser raises
-            raise TransportUnavailable(f"bad transport {spec!r} ({error}); expected {TRANSPORTS}") from None
-    if spec not in ("auto", "backdoor", "vsock"):
-        raise TransportUnavailable(f"unknown transport {spec!r}; expected {TRANSPORTS}")
+        return StreamChannel(reactor, spec)
     found = detection()
     if not found.vmware:
         raise _not_vmware(spec, found)

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..exit_codes import UsageError
+
 SECRET_ENV = "VMTOOLS_SIM_SECRET_FILE"
 CHALLENGE_MAGIC = b"AUTH"  # what the VMX sends a TCP control client before anything else
 NONCE_SIZE = 32
@@ -29,8 +31,8 @@ PREAMBLE_TIMEOUT = 10.0  # seconds a new connection has to name its channel (and
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
-class SecretError(Exception):
-    """The control secret is missing, unreadable or empty."""
+class SecretError(UsageError):
+    """The control secret is missing, unreadable or empty (or, from a client's side, refused)."""
 
 
 @dataclass(frozen=True)

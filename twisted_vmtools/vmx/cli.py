@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.task import react
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from .. import __version__
+from ..endpoint_strings import CLIENT_FORMS, SERVER_FORMS, client_string, server_string
+from ..exit_codes import ToolError, Unreachable, UsageError, report
 from ..heap import keep_packets_in_heap
-from ..simsocket import UntrustedSocket, client_description, default_simulator_socket
+from ..simsocket import client_endpoint, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
 from .arguments import positive_count, positive_seconds, seconds
@@ -38,17 +39,22 @@ from .power_cli import add_power_parser, run_power
 from .rpc_text import record_line
 from .stores import GuestInfoRefused
 
+PROG = "vmtools-sim"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmtools-sim", description="A simulated VMware VMX for guest tools.")
+    parser = argparse.ArgumentParser(prog=PROG, description="A simulated VMware VMX for guest tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_socket(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--socket", default=default_simulator_socket(), help="the simulator's socket path")
+        p.add_argument("--socket", type=client_string, default=default_simulator_socket(),
+                       help=f"where the simulator is: {CLIENT_FORMS} (default: %(default)s)")
         return p
 
-    serve = with_socket(sub.add_parser("serve", help="run a VMX for one guest"))
+    serve = sub.add_parser("serve", help="run a VMX for one guest")
+    serve.add_argument("--socket", type=server_string, default=default_simulator_socket(),
+                       help=f"where to listen: {SERVER_FORMS} (default: %(default)s)")
     serve.add_argument("--trace", action="store_true", help="print every RPC in both directions")
     serve.add_argument("--ping-interval", type=positive_seconds, default=5.0, help="seconds between TCLO pings")
     serve.add_argument("--trap", action="store_true", help="run the command after -- as the guest, trapped")
@@ -78,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_power_parser(sub, with_socket)
 
     demo = sub.add_parser("demo", help="run our guest tools against an embedded VMX and show what it sees")
-    demo.add_argument("--socket", default=None, help="socket path (default: a temporary one)")
+    demo.add_argument("--socket", type=server_string, default=None,
+                      help="where the embedded VMX listens (default: a temporary socket)")
 
     conformance = sub.add_parser("conformance", help="compare our guest tools with open-vm-tools, scenario by scenario")
     conformance.add_argument("--output", help="write the Markdown table here (docs/conformance.md)")
@@ -101,21 +108,24 @@ def _program(args: argparse.Namespace) -> list[str]:
     return program
 
 
+def check_serve(args: argparse.Namespace) -> None:
+    """``serve --trap`` needs a program, and a program needs ``--trap`` (it would be ignored)."""
+    if args.trap and not _program(args):
+        raise UsageError("serve --trap needs the program to run after --: serve --trap -- PROGRAM [ARGS...]")
+    if _program(args) and not args.trap:
+        raise UsageError("serve runs a program only with --trap: serve --trap -- PROGRAM [ARGS...]")
+
+
 async def _control(reactor: object, where: str) -> ControlClient:
-    try:
-        endpoint = clientFromString(reactor, client_description(where))
-    except UntrustedSocket as error:
-        raise SystemExit(f"vmtools-sim: {error}") from None
-    try:
-        secret = control_secret(where)  # over TCP: from the file VMTOOLS_SIM_SECRET_FILE names
-    except SecretError as error:
-        raise SystemExit(f"vmtools-sim: {error}") from None
+    """The control channel of the simulator at ``where``; a `ToolError` (one sentence) if there is none."""
+    endpoint = client_endpoint(reactor, where)  # EndpointStringError, UntrustedSocket: ToolErrors already
+    secret = control_secret(where)  # over TCP: from the file VMTOOLS_SIM_SECRET_FILE names (SecretError)
     try:
         return await connect_control(endpoint, secret)
     except SecretError as error:
-        raise SystemExit(f"vmtools-sim: {where}: {error}") from None
+        raise Unreachable(f"{where}: {error}") from None
     except Exception as error:
-        raise SystemExit(f"vmtools-sim: no simulator at {where}: {error}") from None
+        raise Unreachable(f"no simulator at {where}: {error}") from None
 
 
 async def _status(reactor: object, args: argparse.Namespace) -> int:
@@ -175,6 +185,13 @@ def _start_logging(verbose: bool) -> None:
 
 async def _main(reactor: Any, argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return await _command(reactor, args)
+    except ToolError as error:  # the one place a user's mistake becomes a sentence and an exit code
+        return report(PROG, error)
+
+
+async def _command(reactor: Any, args: argparse.Namespace) -> int:
     if args.command == "status":
         return await _status(reactor, args)
     if args.command == "tclo":
@@ -195,22 +212,15 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
         return await run_demo(reactor, args.socket)
     if args.command == "serve":
         from .serve import serve
-        from .simulator import SocketInUseError, claim_socket
+        from .simulator import claim_socket
 
-        try:
-            claim_socket(args.socket)
-        except SocketInUseError as error:
-            print(f"vmtools-sim: {error}", file=sys.stderr)
-            return 2
-        _start_logging(True)
-        try:
-            group = group_id(args.socket_group) if args.socket_group else None
-            return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
-                               trap=_program(args) if args.trap else None, high_bandwidth=not args.low_bandwidth,
-                               socket_group=group, allow_remote=args.allow_remote)
-        except (ValueError, SecretError) as error:  # a group, address or secret file that will not do
-            print(f"vmtools-sim: {error}", file=sys.stderr)
-            return 2
+        check_serve(args)
+        group = _group(args.socket_group)
+        claim_socket(args.socket)
+        return await serve(reactor, args.socket, trace=args.trace, ping_interval=args.ping_interval,
+                           trap=_program(args) if args.trap else None, high_bandwidth=not args.low_bandwidth,
+                           socket_group=group, allow_remote=args.allow_remote,
+                           on_listening=lambda: _start_logging(True))
     if args.command == "conformance":
         from .conformance import run_conformance
 
@@ -223,6 +233,13 @@ async def _main(reactor: Any, argv: Sequence[str]) -> int:
             reactor, _program(args), trace=args.trace, high_bandwidth=not args.low_bandwidth, timeout=args.timeout
         )
     raise AssertionError(args.command)
+
+
+def _group(name: str | None) -> int | None:
+    try:
+        return group_id(name) if name else None
+    except ValueError as error:
+        raise UsageError(f"--socket-group: {error}") from None
 
 
 SERVERS = {"serve", "demo", "run", "conformance"}  # long-running commands with peers of their own

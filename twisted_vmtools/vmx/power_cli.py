@@ -7,6 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..exit_codes import ExitCode
 from .arguments import positive_seconds
 from .power import OPERATIONS, PowerOp
 
@@ -19,14 +20,14 @@ def add_power_parser(sub: Any, with_socket: Callable[[argparse.ArgumentParser], 
 
 
 async def run_power(control: Callable[[], Awaitable[Any]], args: argparse.Namespace) -> int:
-    """0 if the guest reported success, 1 if it reported failure or refused, 2 if it never reported."""
+    """0 if the guest reported success; 1 (`ExitCode.FAILED`) if it reported failure, refused or never reported."""
     client = await control()
     command = OPERATIONS[args.operation].command.decode()
     try:
         result = await client.callRemote(PowerOp, operation=args.operation, timeout=args.timeout)
     except Exception as error:
         print(f"vmtools-sim: {command}: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.FAILED
     print(f"{command}: {result['reply'].decode('utf-8', 'replace')}")
     if not result["reported"]:
         return 1

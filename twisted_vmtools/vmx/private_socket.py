@@ -26,7 +26,7 @@ OWNER_AND_GROUP = 0o660
 BACKLOG = 50
 
 
-def bind_private(path: str, group: int | None = None) -> socket.socket:
+def bind_private(path: str, group: int | None = None, backlog: int = BACKLOG) -> socket.socket:
     """A listening AF_UNIX socket at ``path``, mode 0600 (0660 and owned by ``group`` if given).
 
     FileExistsError if something is at ``path`` (clear stale sockets first).
@@ -40,7 +40,7 @@ def bind_private(path: str, group: int | None = None) -> socket.socket:
         os.chmod(staged, mode)  # in a 0700 directory: nobody else can reach it yet
         if group is not None:
             os.chown(staged, -1, group)
-        listener.listen(BACKLOG)
+        listener.listen(backlog)
         os.link(staged, path)  # atomic, and never replaces an existing file
     except BaseException:
         listener.close()
@@ -87,14 +87,15 @@ def unlink_if_ours(path: str, inode: tuple[int, int]) -> None:
 class PrivateUNIXServerEndpoint:
     """Listens at ``path`` through `bind_private`."""
 
-    def __init__(self, reactor: object, path: str, group: int | None = None) -> None:
+    def __init__(self, reactor: object, path: str, group: int | None = None, backlog: int = BACKLOG) -> None:
         self._reactor = reactor
         self.path = path
         self.group = group
+        self.backlog = backlog
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
-            listener = bind_private(self.path, self.group)
+            listener = bind_private(self.path, self.group, self.backlog)
         except OSError as error:
             return fail(CannotListenError(None, self.path, error))
         mode = OWNER_AND_GROUP if self.group is not None else OWNER_ONLY

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..exit_codes import UsageError
 from .model import VMX
 from .run_directory import run_directory
 from .simulator import SimulatorService
@@ -21,7 +23,7 @@ async def run_program(
 ) -> int:
     """Run ``program`` under the trap engine as a guest of ``vmx``; its exit code."""
     if not program:
-        raise SystemExit("vmtools-sim: give the program to run after --")
+        raise UsageError("give the program to run after --: run -- PROGRAM [ARGS...]")
     trapped = spawn_guest(reactor, vmx, program, high_bandwidth=high_bandwidth, timeout=timeout)
     try:
         return int(await trapped.ended)
@@ -40,12 +42,21 @@ async def serve(
     timeout: float | None = None,
     socket_group: int | None = None,
     allow_remote: bool = False,
+    on_listening: Callable[[], None] | None = None,
 ) -> int:
+    """Serve at ``where`` until stopped, or with ``trap`` until the program ends (its exit code).
+
+    `CannotListen` at once if ``where`` cannot be listened on; ``on_listening``
+    runs once it is (the command line begins its log there: a failure prints
+    one sentence, not a log).
+    """
     vmx = VMX(reactor, ping_interval=ping_interval)
     simulator = SimulatorService(
         reactor, where, vmx=vmx, trace=trace, socket_group=socket_group, allow_remote=allow_remote
     )
     simulator.startService()
+    if on_listening is not None:
+        on_listening()
     try:
         if trap is not None:
             code = await run_program(reactor, vmx, trap, high_bandwidth=high_bandwidth, timeout=timeout)

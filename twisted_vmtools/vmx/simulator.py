@@ -10,47 +10,55 @@ import stat
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from ..endpoint_strings import TCP_KINDS, EndpointStringError, ServerAddress, parse_server
+from ..exit_codes import CannotListen, UsageError
 from ..simsocket import UntrustedSocket, private_directory
 from .access import SECRET_ENV, ControlAccess, load_secret
 from .control import ControlServer
 from .model import VMX, RPCRecord
-from .private_socket import PrivateUNIXServerEndpoint
+from .private_socket import BACKLOG, PrivateUNIXServerEndpoint
 from .rpc_text import TRACE_BYTES, record_line
 from .stream import VMXStreamFactory
 
 log = Logger()
 
 
-class RemoteListenError(ValueError):
+class RemoteListenError(UsageError, ValueError):
     """Listening where other machines can connect, without ``--allow-remote``."""
 
 
 def server_endpoint(
-    reactor: object, where: str, *, group: int | None = None, allow_remote: bool = False
+    reactor: object, where: str | ServerAddress, *, group: int | None = None, allow_remote: bool = False
 ) -> IStreamServerEndpoint:
-    """Where the simulator listens, named as the guest's ``--transport`` names it.
+    """Where the simulator listens: ``where`` as `serverFromString` reads it (`parse_server`).
 
-    A path or ``unix:PATH`` is a Unix socket, created owner-only (0600; 0660
-    for ``group``); ``tcp:HOST:PORT`` listens on that address (the same words a
-    client connects with, so one ``--socket`` value serves ``serve``, the guest
-    and every control command).  Anything but a Unix socket or loopback TCP
-    reaches other machines: refused unless ``allow_remote``.
+    The grammar is Twisted's, the walls are ours: a Unix socket is created
+    owner-only (0600; 0660 for ``group``) through `PrivateUNIXServerEndpoint`,
+    never Twisted's 0666 listener; anything but a Unix socket or loopback TCP
+    reaches other machines and is refused unless ``allow_remote``.
     """
-    kind, _, rest = where.partition(":")
-    if not rest or kind == "unix":
-        return PrivateUNIXServerEndpoint(reactor, rest or where, group)  # type: ignore[arg-type]
-    if kind == "tcp":
-        host, _, port = rest.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"expected tcp:HOST:PORT, not {where!r}")
-        _check_remote(where, is_loopback(host), allow_remote)
-        return TCP4ServerEndpoint(reactor, int(port), interface=host)  # type: ignore[arg-type]
-    _check_remote(where, False, allow_remote)
-    return serverFromString(reactor, where)
+    address = parse_server(where) if isinstance(where, str) else where
+    if address.path is not None:
+        return PrivateUNIXServerEndpoint(reactor, address.path, group, backlog=address.backlog or BACKLOG)
+    if group is not None:
+        raise UsageError(f"--socket-group is for a Unix socket's group; {address.text} is not one")
+    if address.kind in TCP_KINDS:
+        assert address.port is not None
+        _check_remote(address.text, is_loopback(address.interface), allow_remote)
+        kind = TCP6ServerEndpoint if address.kind == "tcp6" else TCP4ServerEndpoint
+        return kind(reactor, address.port, backlog=address.backlog or 50, interface=address.interface)  # type: ignore[arg-type]
+    _check_remote(address.text, False, allow_remote)
+    try:
+        return serverFromString(reactor, address.description)
+    except ValueError as error:  # Twisted's "Unknown endpoint type", a plugin's own sentence
+        raise EndpointStringError(f"{address.text!r}: {error}") from None
+    except (TypeError, KeyError):  # arguments the type's parser does not take
+        raise EndpointStringError(f"{address.text!r} is not an endpoint string Twisted can listen on") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -76,14 +84,11 @@ def _check_remote(where: str, loopback: bool, allow_remote: bool) -> None:
 
 
 def socket_path(where: str) -> str | None:
-    """The file a Unix-socket ``where`` names (None for TCP)."""
-    kind, _, rest = where.partition(":")
-    if not rest:
-        return where
-    return rest if kind == "unix" else None
+    """The file a Unix-socket ``where`` names (None for TCP); `EndpointStringError` if it cannot work."""
+    return parse_server(where).path
 
 
-class SocketInUseError(Exception):
+class SocketInUseError(CannotListen):
     """The simulator's socket path is taken: by a live simulator, or by something that is not a socket."""
 
 
@@ -99,8 +104,11 @@ def claim_socket(where: str) -> None:
         return
     try:
         private_directory(path)  # the default path's directory is made here, ours and 0700
-    except (UntrustedSocket, OSError) as error:
+    except UntrustedSocket as error:
         raise SocketInUseError(str(error)) from None
+    except OSError as error:
+        directory = os.path.dirname(os.path.abspath(path))
+        raise SocketInUseError(f"cannot listen at {path}: {_why(error)} ({directory})") from None
     if not os.path.lexists(path):
         return
     status = os.lstat(path)
@@ -121,6 +129,14 @@ def claim_socket(where: str) -> None:
     finally:
         probe.close()
     raise SocketInUseError(f"a simulator is already serving {path}")
+
+
+def _why(error: BaseException) -> str:
+    """An OSError's own words ("Address already in use"), without errno numbers or Python's repr."""
+    if isinstance(error, CannotListenError):
+        return _why(error.socketError)  # type: ignore[arg-type]
+    strerror = getattr(error, "strerror", None)
+    return str(strerror) if strerror else str(error)
 
 
 class SimulatorService(MultiService):
@@ -149,8 +165,11 @@ class SimulatorService(MultiService):
         self.vmx = vmx or VMX(reactor)
         if trace:
             self.vmx.observe(self._trace)
-        endpoint = server_endpoint(reactor, where, group=socket_group, allow_remote=allow_remote)
-        if socket_path(where) is None:
+        address = parse_server(where)
+        if address.deprecated:
+            self.log.warn("{note}", note=address.deprecated)
+        endpoint = server_endpoint(reactor, address, group=socket_group, allow_remote=allow_remote)
+        if address.path is None:
             control_secret = control_secret or load_secret()
             if control_secret is None:
                 self.log.warn("no shared secret set ({env}): the control channel is closed over the network",
@@ -165,11 +184,19 @@ class SimulatorService(MultiService):
     def privilegedStartService(self) -> None:
         # twistd listens here, before startService: a stale socket must be gone by then.
         self._remove_stale_socket()
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            raise CannotListen(f"cannot listen at {self.where}: {_why(error)}") from None
 
     def startService(self) -> None:
+        """Listen, or raise `CannotListen` (one sentence) at once: never a running VMX nobody can reach."""
         self._remove_stale_socket()
-        super().startService()
+        try:
+            super().startService()
+        except CannotListenError as error:
+            self.running = False
+            raise CannotListen(f"cannot listen at {self.where}: {_why(error)}") from None
         self.log.info("simulated VMX listening at {where}", where=self.where)
 
     def _remove_stale_socket(self) -> None:
