@@ -17,6 +17,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
+from ..framing import widen
 from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, peer_of, proof
 from .backpressure import ReadsPausedByWrites
 from .model import VMX
@@ -192,6 +193,7 @@ class ControlServer(amp.AMP, ReadsPausedByWrites):
 
     # AMP logs every connection; a status query is not worth two lines in the VMX's log.
     def makeConnection(self, transport: object) -> None:
+        widen(transport)  # HGFS packets of 520 KB ride SendTCLO: whole ones per read and send
         amp.BinaryBoxProtocol.makeConnection(self, transport)  # type: ignore[arg-type]
         self.hold_reads_while_writing()  # a client that sends requests but never reads answers
 
@@ -324,6 +326,7 @@ class ControlClient(amp.AMP):
         self.ready: Deferred[ControlClient] = Deferred()
 
     def connectionMade(self) -> None:
+        widen(self.transport)  # `guest upload|download` moves 520 KB HGFS packets through SendTCLO
         self.transport.write(StreamKind.CONTROL.preamble)  # type: ignore[union-attr]
         super().connectionMade()
         if self._secret is None:
