@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,3 +30,12 @@ def test_a_record_line_says_how_much_is_not_shown() -> None:
     assert record_line(record, shown=12) == "guest→VMX RPCI rpci#1: info-set gue (+1011 bytes)"
     cut = RPCRecord(0.0, "tclo-in", "tclo#2", b"OK ", size=10)  # as the control channel sends it: data cut
     assert record_line(cut) == "guest→VMX TCLO tclo#2: OK  (+7 bytes)"
+
+
+def test_the_demo_shows_a_binary_report_abridged(capsys: pytest.CaptureFixture[str]) -> None:
+    from twisted_vmtools.demo import DEMO_BYTES, _show
+
+    _show(RPCRecord(0.0, "rpci-in", "rpci#1", b"SetGuestInfo  11 " + b"\x01" * 1000 + b"\x00"))  # NUL: dropped
+    line = capsys.readouterr().out
+    assert line.startswith("    guest→VMX RPCI  SetGuestInfo  11 \\x01\\x01")
+    assert line.endswith(f"\\x01 (+{1017 - DEMO_BYTES} bytes)\n")

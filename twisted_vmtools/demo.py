@@ -10,15 +10,18 @@ from twisted.internet.task import deferLater
 
 from .channels.stream import StreamChannel
 from .endpoint_strings import client_for, parse_server
-from .printable import readable
+from .printable import abridged
 from .protocols.rpci import RPCIError
 from .service import ToolsService
 from .vmx.model import VMX, RPCRecord
 from .vmx.simulator import SimulatorService
 
+DEMO_BYTES = 120
+
 
 def _show(record: RPCRecord) -> None:
-    text = readable(record.data.rstrip(b"\0"))  # the NUL some guests end a request with says nothing
+    # The NUL some guests end a request with says nothing; a binary report's first bytes say enough.
+    text = abridged(record.data.rstrip(b"\0"), DEMO_BYTES)
     print(f"    {record.arrow}  {text}")
 
 
