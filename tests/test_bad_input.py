@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from tests.support import result_of
 from twisted_vmtools import rpctool
-from twisted_vmtools.exit_codes import MEANINGS, CannotListen, ExitCode
+from twisted_vmtools.exit_codes import MEANINGS, CannotListen, ExitCode, UsageError
 from twisted_vmtools.tap import Options
 from twisted_vmtools.vmx import cli
 
@@ -75,6 +75,9 @@ def one_sentence(stderr: str, prog: str) -> str:
         (["status", "--socket", "tcp::1234"], "names no host"),
         (["status", "--socket", "tcp:localhost:99999"], "from 1 to 65535"),
         (["status", "--socket", "tcp:8000"], "names only a port"),
+        (["guestinfo", "set", "guestinfo.x"], "set KEY VALUE"),
+        (["guestinfo", "get", "guestinfo.x", "extra"], "get KEY"),
+        (["run"], "give the program to run"),
     ],
 )
 def test_usage_mistakes_exit_2(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,6 +113,15 @@ def test_a_tcp_port_in_use_fails_at_once(busy_port: int) -> None:
         with pytest.raises(CannotListen, match="Address already in use"):
             simulator.startService()
         assert not simulator.running
+
+
+def test_guest_verbs_usage_mistakes_are_usage_errors() -> None:
+    from twisted_vmtools.vmx.guest_verbs import parse_login
+
+    for login, said in ((None, "no guest login"), ("nocolon", "user:password"), (":pw", "user:password")):
+        with pytest.raises(UsageError, match=said) as refused:
+            parse_login(login)
+        assert refused.value.exit_code == ExitCode.USAGE
 
 
 # -- vmtools-rpctool and twistd vmtools' options, in this process

@@ -160,10 +160,10 @@ async def _log(reactor: object, args: argparse.Namespace) -> int:
 
 
 async def _guestinfo(reactor: object, args: argparse.Namespace) -> int:
+    if (args.action == "set") != (args.value is not None):
+        raise UsageError("guestinfo takes get KEY or set KEY VALUE")
     client = await _control(reactor, args.socket)
     if args.action == "set":
-        if args.value is None:
-            raise SystemExit("vmtools-sim: guestinfo set needs KEY VALUE")
         try:
             await client.callRemote(GuestInfoSet, key=os.fsencode(args.key), value=os.fsencode(args.value))
         except GuestInfoRefused as error:
@@ -228,6 +228,8 @@ async def _command(reactor: Any, args: argparse.Namespace) -> int:
     if args.command == "run":
         from .serve import run_trapped
 
+        if not _program(args):  # before a simulator starts for nothing
+            raise UsageError("give the program to run after --: run -- PROGRAM [ARGS...]")
         _start_logging(args.trace)
         return await run_trapped(
             reactor, _program(args), trace=args.trace, high_bandwidth=not args.low_bandwidth, timeout=args.timeout

@@ -17,6 +17,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from ..codecs.stream import StreamKind
+from ..endpoint_strings import parse_client
 from ..framing import widen
 from .access import ACCEPTED, CHALLENGE_MAGIC, NONCE_SIZE, SECRET_ENV, SecretError, load_secret, peer_of, proof
 from .backpressure import ReadsPausedByWrites
@@ -387,7 +388,7 @@ class ControlClient(amp.AMP):
 
 def control_secret(where: str, path: str | None = None) -> bytes | None:
     """The secret a client proves when its ``--socket`` is TCP (from ``path`` or `SECRET_ENV`); None on Unix."""
-    return load_secret(path) if where.startswith("tcp:") else None
+    return load_secret(path) if parse_client(where).path is None else None
 
 
 async def connect_control(endpoint: IStreamClientEndpoint, secret: bytes | None = None) -> ControlClient:

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from ..codecs.vix import Credentials
+from ..exit_codes import UsageError
 from .arguments import positive_seconds
 from .control import ControlClient, SendTCLO
 from .guest_cli import VERBS, Verb, hgfs_client
@@ -47,10 +48,10 @@ def guest_operations(control: ControlClient) -> GuestOperations:
 
 def parse_login(value: str | None) -> Credentials:
     if not value:
-        raise SystemExit(f"vmtools-sim guest: no guest login: -l user:password or ${LOGIN_VARIABLE}")
+        raise UsageError(f"guest: no guest login: -l user:password or ${LOGIN_VARIABLE}")
     user, colon, password = value.partition(":")
     if not colon or not user:
-        raise SystemExit("vmtools-sim guest: the login must be user:password")
+        raise UsageError("guest: the login must be user:password")
     return Credentials(user, password)
 
 
@@ -191,7 +192,7 @@ async def _chmod(control: ControlClient, args: argparse.Namespace) -> int:
     try:
         mode = int(args.mode, 8)
     except ValueError:
-        raise SystemExit(f"vmtools-sim guest chmod: {args.mode!r} is not an octal mode") from None
+        raise UsageError(f"guest chmod: {args.mode!r} is not an octal mode") from None
     await guest_operations(control).change_file_attributes(
         parse_login(args.login), args.path, FileAttributes(permissions=mode))
     return 0
@@ -209,7 +210,7 @@ async def _chown(control: ControlClient, args: argparse.Namespace) -> int:
         uid = int(uid_text) if uid_text else None
         gid = int(gid_text) if gid_text else None
     except ValueError:
-        raise SystemExit("vmtools-sim guest chown: owner and group are numeric ids, UID[:GID]") from None
+        raise UsageError("guest chown: owner and group are numeric ids, UID[:GID]") from None
     await guest_operations(control).change_file_attributes(
         parse_login(args.login), args.path, FileAttributes(owner_id=uid, group_id=gid))
     return 0
@@ -252,7 +253,7 @@ def _timestamp(text: str) -> int:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise SystemExit(f"vmtools-sim guest touch: {text!r} is not a date") from None
+        raise UsageError(f"guest touch: {text!r} is not a date") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
@@ -345,7 +346,7 @@ async def _kill(control: ControlClient, args: argparse.Namespace) -> int:
     ops, login = guest_operations(control), parse_login(args.login)
     pids = args.pids + args.more
     if not pids:
-        raise SystemExit("vmtools-sim guest kill: which pid? -p PID")
+        raise UsageError("guest kill: which pid? -p PID")
     for pid in pids:
         await ops.terminate_process(login, pid)
     return 0
@@ -386,7 +387,7 @@ async def _http(control: ControlClient, args: argparse.Namespace) -> int:
     for line in args.headers:
         name, colon, value = line.partition(":")
         if not colon or not name.strip():
-            raise SystemExit(f"vmtools-sim guest http: a header is 'Name: value', not {line!r}")
+            raise UsageError(f"guest http: a header is 'Name: value', not {line!r}")
         headers.addRawHeader(name.strip().encode("latin-1"), value.strip().encode("latin-1"))
     body = None if args.data is None else FileBodyProducer(_request_body(args.data))
     agent = GuestAgent(reactor, guest_operations(control), parse_login(args.login), timeout=args.timeout)
