@@ -131,10 +131,17 @@ class HGFSClient:
         reply = await self.request(Op.OPEN_V3, request, path)
         return reply.handle  # type: ignore[no-any-return]
 
-    def read(self, handle: int, offset: int, size: int) -> Deferred[bytes]:
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        return await self._read(handle, offset, size)
+
+    async def write(self, handle: int, offset: int, data: bytes) -> int:
+        return await self._write(handle, offset, data)
+
+    # What transfers pipeline, one per packet.
+    def _read(self, handle: int, offset: int, size: int) -> Deferred[bytes]:
         return self.call(Op.READ_V3, hgfs.ReadRequest(handle, offset, size)).addCallback(_read_data)
 
-    def write(self, handle: int, offset: int, data: bytes) -> Deferred[int]:
+    def _write(self, handle: int, offset: int, data: bytes) -> Deferred[int]:
         return self.call(Op.WRITE_V3, hgfs.WriteRequest(handle, offset, data)).addCallback(_written, len(data))
 
     async def close(self, handle: int) -> None:
@@ -189,7 +196,7 @@ class HGFSClient:
         inflight: deque[Deferred[bytes]] = deque()
         while True:
             while len(inflight) < depth:
-                inflight.append(self.read(handle, offset + len(inflight) * size, size))
+                inflight.append(self._read(handle, offset + len(inflight) * size, size))
             try:
                 chunk = await inflight.popleft()
             except BaseException:
@@ -234,7 +241,7 @@ class HGFSClient:
                 if not chunk:
                     break
                 # Writes are pipelined too: the guest finds the next one queued when it answers.
-                inflight.append(self.write(handle, offset, chunk))
+                inflight.append(self._write(handle, offset, chunk))
                 offset += len(chunk)
                 if len(inflight) >= self.pipeline:
                     await inflight.popleft()
