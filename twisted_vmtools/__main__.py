@@ -18,6 +18,8 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp
 from zope.interface import implementer
 
+from .exit_codes import UsageError, report
+
 PROGRAM = "python -m twisted_vmtools"
 
 
@@ -59,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = _VMToolsOnly()
     try:
         config.parseOptions(["--nodaemon", "--pidfile=", VMTOOLS.tapname, *arguments])
-    except Exception as error:  # usage.UsageError, and twistd's own checks
-        sys.exit(f"{PROGRAM}: {error}\n(see {PROGRAM} --help; also: vmtools-sim, vmtools-rpctool)")
+    except usage.UsageError as error:  # twistd's own checks (vmtools' options report their own, the same way)
+        raise SystemExit(report(PROGRAM, UsageError(f"{error} (see {PROGRAM} --help)"))) from None
     runApp(config)
 
 

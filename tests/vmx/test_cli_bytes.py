@@ -48,6 +48,8 @@ def test_guestinfo_values_and_keys_that_are_not_utf8_go_through_as_bytes(sock: s
     assert run(*RPCTOOL, "-t", f"unix:{sock}", b"info-get guestinfo.k\xff").stdout == b"\xfe\n"
     assert run(*RPCTOOL, "-t", f"unix:{sock}", b"info-set guestinfo.rpc \xe9").returncode == 0
     assert run(*SIM, "guestinfo", "--socket", sock, "get", "guestinfo.rpc").stdout == b"\xe9\n"
+    unset = run(*SIM, "guestinfo", "--socket", sock, "set", "guestinfo.bin")
+    assert (unset.returncode, unset.stderr) == (2, b"vmtools-sim: guestinfo takes get KEY or set KEY VALUE\n")
     status = run(*SIM, "status", "--socket", sock)
     assert status.returncode == 0 and b"guestinfo.k\\xff" in status.stdout and b"Traceback" not in status.stderr
 

@@ -17,7 +17,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from .. import __version__
 from ..endpoint_strings import CLIENT_FORMS, SERVER_FORMS, client_string, server_string
-from ..exit_codes import ToolError, Unreachable, UsageError, report
+from ..exit_codes import ExitCode, ToolError, Unreachable, UsageError, report
 from ..heap import keep_packets_in_heap
 from ..simsocket import client_endpoint, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
@@ -144,11 +144,11 @@ async def _tclo(reactor: object, args: argparse.Namespace) -> int:
     try:
         # os.fsencode: the argument's own bytes, also those that are not UTF-8 (sys.argv keeps them as escapes).
         result = await client.callRemote(SendTCLO, command=os.fsencode(args.tclo_command), timeout=args.timeout)
-    except Exception as error:
+    except Exception as error:  # no guest connected, no reply in time, the command refused
         print(f"vmtools-sim: {error}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     sys.stdout.buffer.write(result["reply"] + b"\n")
-    return 0
+    return ExitCode.OK
 
 
 async def _log(reactor: object, args: argparse.Namespace) -> int:
@@ -168,12 +168,12 @@ async def _guestinfo(reactor: object, args: argparse.Namespace) -> int:
             await client.callRemote(GuestInfoSet, key=os.fsencode(args.key), value=os.fsencode(args.value))
         except GuestInfoRefused as error:
             print(f"vmtools-sim: {error}", file=sys.stderr)
-            return 1
-        return 0
+            return ExitCode.FAILED
+        return ExitCode.OK
     result = await client.callRemote(GuestInfoGet, key=os.fsencode(args.key))
     if not result["found"]:
         print("No value found", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     sys.stdout.buffer.write(result["value"] + b"\n")
     return 0
 
