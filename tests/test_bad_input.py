@@ -179,6 +179,17 @@ def test_under_twistd_a_usage_error_is_one_sentence_and_exit_2(capfd: pytest.Cap
     assert capfd.readouterr().err == "twistd vmtools: --primary-ip 'notanip' is not an IP address\n"
 
 
+def test_python_m_says_its_own_name(capfd: pytest.CaptureFixture[str]) -> None:
+    from twisted_vmtools.__main__ import VMTOOLS
+
+    options = VMTOOLS.options()
+    options.parent = usage.Options()  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit) as exit:
+        options.parseOptions(["--simulate", "--transport", "backdoor"])
+    assert exit.value.code == ExitCode.USAGE
+    assert capfd.readouterr().err.startswith("python -m twisted_vmtools: --transport and --simulate exclude")
+
+
 # -- the table
 
 

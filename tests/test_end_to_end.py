@@ -234,12 +234,13 @@ def test_over_tcp_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with socket.socket() as probe:  # a free loopback port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    where = f"tcp:127.0.0.1:{port}"
+    where = f"tcp:127.0.0.1:{port}"  # where clients connect, in clientFromString's words
+    listen = f"tcp:port={port}:interface=127.0.0.1"  # the same place in serverFromString's
     # Over TCP the control channel needs the shared secret; serve and the CLI read the same file.
     secret = tmp_path / "secret"
     secret.write_text("correct horse battery staple\n")
     monkeypatch.setenv("VMTOOLS_SIM_SECRET_FILE", str(secret))
-    simulator = subprocess.Popen([*SIM, "serve", "--socket", where], stdout=subprocess.DEVNULL,
+    simulator = subprocess.Popen([*SIM, "serve", "--socket", listen], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, cwd=REPO)
     with open(tmp_path / "guest.log", "wb") as out:
         guest = subprocess.Popen(guest_command(where), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)

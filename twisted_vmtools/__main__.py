@@ -34,6 +34,7 @@ class _VMTools:
         from .tap import Options
 
         class Named(Options):
+            prog = PROGRAM  # its errors begin with the command the user typed
             def getSynopsis(self) -> str:  # noqa: N802
                 return f"Usage: {PROGRAM} [options]"  # not twistd's "twistd [options] vmtools [options]"
 

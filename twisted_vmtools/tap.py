@@ -54,6 +54,7 @@ class Options(usage.Options):
          "how guest-operation logins are checked: pam (the vmtoolsd PAM service), or none: accept ANY login "
          "and act as this service's user (an explicit opt-in, logged as a warning)"],
     ]
+    prog = "twistd vmtools"  # how its errors begin (python -m twisted_vmtools says so instead)
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
         ["trace", None, "log every RPC in both directions"],
@@ -74,7 +75,7 @@ class Options(usage.Options):
         except usage.UsageError as error:
             if getattr(self, "parent", None) is None:
                 raise
-            _exit(UsageError(str(error)))
+            _exit(UsageError(str(error)), self.prog)
 
     def postOptions(self) -> None:
         check_where(self)
@@ -116,9 +117,9 @@ def ip_address(text: str) -> str:
         raise usage.UsageError(f"--primary-ip {text!r} is not an IP address") from None
 
 
-def _exit(error: ToolError) -> NoReturn:
+def _exit(error: ToolError, prog: str = "twistd vmtools") -> NoReturn:
     # The real stderr: once twistd has begun logging, sys.stderr goes into its log.
-    report("twistd vmtools", error, sys.__stderr__ or sys.stderr)
+    report(prog, error, sys.__stderr__ or sys.stderr)
     raise SystemExit(int(error.exit_code))
 
 
@@ -175,6 +176,7 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         reactor = global_reactor
     keep_packets_in_heap()  # HGFS packets of 520 KB, each read and answered without page faults
     trace = bool(options["trace"])
+    prog = getattr(options, "prog", Options.prog)
     if options["simulate"]:
         from .channels.stream import StreamChannel
         from .vmx.simulator import SimulatorService
@@ -182,12 +184,12 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         where = options["socket"] or default_simulator_socket()
         from .vmx.simulator import claim_socket
 
-        top = _ExitIfCannotListen(getattr(options, "parent", None))
+        top = _ExitIfCannotListen(getattr(options, "parent", None), prog)
         try:
             claim_socket(where)
             SimulatorService(reactor, where, trace=trace).setServiceParent(top)  # type: ignore[arg-type]
         except ToolError as error:
-            _exit(error)
+            _exit(error, prog)
         channel: IGuestChannel = StreamChannel(reactor, client_for(parse_server(where)))  # type: ignore[arg-type]
         tools_service(reactor, channel, options).setServiceParent(top)
         return top
@@ -195,7 +197,7 @@ def makeService(options: Options, reactor: object | None = None) -> IService:
         channel = make_channel(reactor, options["transport"] or "auto")
     except ToolError as error:
         # A clear sentence, not a traceback: "not a VMware VM" is the usual mistake outside one.
-        _exit(error)
+        _exit(error, prog)
     return tools_service(reactor, channel, options)
 
 
@@ -206,9 +208,10 @@ class _ExitIfCannotListen(MultiService):
     Daemonized, the error goes to twistd's own start-up report (its status pipe), as any other does.
     """
 
-    def __init__(self, twistd_config: usage.Options | None) -> None:
+    def __init__(self, twistd_config: usage.Options | None, prog: str) -> None:
         super().__init__()
         self._config = twistd_config
+        self._prog = prog
 
     def privilegedStartService(self) -> None:
         from .exit_codes import CannotListen
@@ -221,7 +224,7 @@ class _ExitIfCannotListen(MultiService):
                 raise
             if config is not None and config.get("pidfile"):
                 _remove_pidfile(config["pidfile"])
-            _exit(error)
+            _exit(error, self._prog)
 
 
 def _remove_pidfile(path: str) -> None:
