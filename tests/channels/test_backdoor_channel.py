@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 
 from tests.support import failure_of, result_of
 from twisted_vmtools.channels.backdoor import (
+    COMMANDS_PER_TURN,
     HANDLER_FAILED,
     BackdoorChannel,
     host_executor,
@@ -218,6 +219,51 @@ def test_tclo_command_then_immediate_poll(high_bandwidth: bool) -> None:
     polls = vmx.tclo.polls
     clock.advance(0.01)
     assert vmx.tclo.polls == polls + 1
+
+
+class CountingClock(Clock):
+    """A Clock that remembers the delay of every call scheduled on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays: list[float] = []
+
+    def callLater(self, delay, callable, *args, **kw):  # type: ignore[no-untyped-def]  # noqa: A002, ANN001, ANN201
+        self.delays.append(delay)
+        return super().callLater(delay, callable, *args, **kw)
+
+
+def test_tclo_an_immediate_answer_goes_out_in_the_same_turn() -> None:
+    vmx = FakeVMX()
+    clock = CountingClock()
+    channel = BackdoorChannel(host_executor(vmx.host), clock)
+    channel.start(Handler(immediate))
+    clock.advance(0)
+    clock.advance(0.01)
+    vmx.tclo.commands.append(b"ping")
+    clock.delays.clear()
+    clock.advance(0.02)
+    # One timer fired: it fetched ping, sent its answer with the next poll at once
+    # (no 0 ms timer in between), and that poll found nothing: back to 10 ms.
+    assert vmx.tclo.replies == [b"OK ping"]
+    assert clock.delays == [0.01]
+
+
+def test_tclo_a_busy_vmx_still_lets_the_reactor_run() -> None:
+    vmx = FakeVMX()
+    clock = CountingClock()
+    channel = BackdoorChannel(host_executor(vmx.host), clock)
+    handler = Handler(immediate)
+    channel.start(handler)
+    clock.advance(0)
+    commands = [b"ping %d" % n for n in range(2 * COMMANDS_PER_TURN + 1)]
+    vmx.tclo.commands.extend(commands)
+    clock.delays.clear()
+    clock.advance(0.01)
+    assert handler.commands == commands
+    assert vmx.tclo.replies == [b"OK " + command for command in commands]
+    # A reactor turn (a 0 ms timer) after every COMMANDS_PER_TURN commands, then idle.
+    assert clock.delays == [0, 0, 0.01]
 
 
 def test_tclo_pending_handler_holds_the_next_poll() -> None:

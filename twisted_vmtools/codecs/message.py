@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import CodecError
 from .registers import (
@@ -72,13 +72,14 @@ class BackdoorOp(enum.Enum):
     HB_IN = "hb-in"  # rep insb on 0x5659: VMX → guest
 
 
-@dataclass(frozen=True)
-class BackdoorCall:
+class BackdoorCall(NamedTuple):
     """One backdoor instruction the guest wants executed.
 
     For HB_OUT, ``data`` is the buffer whose address goes in RSI; for HB_IN,
     the executor supplies a buffer of RCX bytes for RDI.  Those two pointer
-    registers are left 0 here: only the executor knows its buffers.
+    registers are left 0 here: only the executor knows its buffers.  Named
+    tuples, not dataclasses: a TCLO poll builds several of each (a frozen
+    dataclass costs three times as much to make).
     """
 
     op: BackdoorOp
@@ -86,8 +87,7 @@ class BackdoorCall:
     data: bytes = b""
 
 
-@dataclass(frozen=True)
-class BackdoorResult:
+class BackdoorResult(NamedTuple):
     regs: Registers
     data: bytes = b""  # HB_IN: the bytes the VMX wrote
 
@@ -117,8 +117,20 @@ def _message_regs(kind: MessageType, channel: int, bx: int, cookie_high: int, co
     )
 
 
-def _status(regs: Registers) -> Status:
-    return Status(high16(regs.cx))
+# The guest side tests status bits as plain ints: every poll reads several statuses,
+# and building an IntFlag member from a register costs more than the rest of the check.
+_SUCCESS = int(Status.SUCCESS)
+_DORECV = int(Status.DORECV)
+_CPT = int(Status.CPT)
+_HB = int(Status.HB)
+# ECX of each message call, and EBX of the high-bandwidth ones: constants.
+_CX = {kind: pack16(kind, CMD_MESSAGE) for kind in MessageType}
+_HB_BX = pack16(Status.SUCCESS, BDOORHB_CMD_MESSAGE)
+_LOW_BANDWIDTH = BackdoorOp.LOW_BANDWIDTH
+
+
+def _status(regs: Registers) -> int:
+    return (regs.cx >> 16) & 0xFFFF  # high16(ECX), inline: it is read after every call
 
 
 class GuestChannel:
@@ -134,6 +146,7 @@ class GuestChannel:
         self.id: int | None = None
         self.cookie_high = 0
         self.cookie_low = 0
+        self._dx = 0  # DX of every low-bandwidth call on this channel: its id and the port
 
     @property
     def is_open(self) -> bool:
@@ -142,15 +155,15 @@ class GuestChannel:
     def _call(self, kind: MessageType, bx: int = 0) -> BackdoorCall:
         if self.id is None:
             raise MessageChannelError("message channel is not open")
-        return BackdoorCall(
-            BackdoorOp.LOW_BANDWIDTH, _message_regs(kind, self.id, bx, self.cookie_high, self.cookie_low)
-        )
+        regs = Registers(BDOOR_MAGIC, bx & MASK32, _CX[kind], self._dx, self.cookie_high, self.cookie_low)
+        return BackdoorCall(_LOW_BANDWIDTH, regs)
 
     def open(self) -> Generator[BackdoorCall, BackdoorResult, None]:
         for bx in (self.protocol | FLAG_COOKIE, self.protocol):
             result = yield BackdoorCall(BackdoorOp.LOW_BANDWIDTH, _message_regs(MessageType.OPEN, 0, bx, 0, 0))
-            if Status.SUCCESS in _status(result.regs):
+            if _status(result.regs) & _SUCCESS:
                 self.id = high16(result.regs.dx)
+                self._dx = pack16(self.id, BDOOR_PORT)
                 if bx & FLAG_COOKIE:
                     self.cookie_high = result.regs.si & MASK32
                     self.cookie_low = result.regs.di & MASK32
@@ -162,18 +175,23 @@ class GuestChannel:
             return
         result = yield self._call(MessageType.CLOSE)
         self.id = None
-        if Status.SUCCESS not in _status(result.regs):
+        if not _status(result.regs) & _SUCCESS:
             raise MessageChannelError("the VMX refused to close the channel")
+
+    def exchange(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, bytes]:
+        """Send ``payload``, then receive the answer (a TCLO poll: the reply out, the next command in)."""
+        yield from self.send(payload)
+        return (yield from self.receive())
 
     def send(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, None]:
         for _ in range(CHECKPOINT_RETRIES):
             result = yield self._call(MessageType.SENDSIZE, len(payload))
             status = _status(result.regs)
-            if Status.SUCCESS not in status:
-                raise MessageChannelError(f"SENDSIZE of {len(payload)} bytes refused (status {int(status):#x})")
+            if not status & _SUCCESS:
+                raise MessageChannelError(f"SENDSIZE of {len(payload)} bytes refused (status {status:#x})")
             if not payload:
                 return
-            if Status.HB in status:
+            if status & _HB:
                 sent = yield from self._send_high_bandwidth(payload)
             else:
                 sent = yield from self._send_low_bandwidth(payload)
@@ -185,14 +203,14 @@ class GuestChannel:
         assert self.id is not None
         regs = Registers(
             ax=BDOOR_MAGIC,
-            bx=pack16(Status.SUCCESS, BDOORHB_CMD_MESSAGE),
+            bx=_HB_BX,
             cx=len(payload),
             dx=pack16(self.id, BDOORHB_PORT),
             di=self.cookie_low,
             bp=self.cookie_high,
         )
         result = yield BackdoorCall(BackdoorOp.HB_OUT, regs, payload)
-        return self._chunk_ok(Status(high16(result.regs.bx)), "high-bandwidth send")
+        return self._chunk_ok(high16(result.regs.bx), "high-bandwidth send")
 
     def _send_low_bandwidth(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, bool]:
         for offset in range(0, len(payload), 4):
@@ -203,33 +221,33 @@ class GuestChannel:
         return True
 
     @staticmethod
-    def _chunk_ok(status: Status, what: str) -> bool:
+    def _chunk_ok(status: int, what: str) -> bool:
         """True if the chunk went through, False to restart after a checkpoint."""
-        if Status.SUCCESS in status:
+        if status & _SUCCESS:
             return True
-        if Status.CPT in status:
+        if status & _CPT:
             return False
-        raise MessageChannelError(f"{what} failed (status {int(status):#x})")
+        raise MessageChannelError(f"{what} failed (status {status:#x})")
 
     def receive(self) -> Generator[BackdoorCall, BackdoorResult, bytes]:
         """Receive one message; an empty result means the VMX had nothing."""
         for _ in range(CHECKPOINT_RETRIES):
             result = yield self._call(MessageType.RECVSIZE)
             status = _status(result.regs)
-            if Status.SUCCESS not in status:
-                raise MessageChannelError(f"RECVSIZE failed (status {int(status):#x})")
-            if Status.DORECV not in status:
+            if not status & _SUCCESS:
+                raise MessageChannelError(f"RECVSIZE failed (status {status:#x})")
+            if not status & _DORECV:
                 return b""
-            if high16(result.regs.dx) != MessageType.SENDSIZE:
+            if (result.regs.dx >> 16) & 0xFFFF != MessageType.SENDSIZE:
                 raise MessageChannelError("RECVSIZE answered with the wrong message type")
             size = result.regs.bx & MASK32
-            if Status.HB in status and size:
+            if status & _HB and size:
                 data = yield from self._receive_high_bandwidth(size)
             else:
                 data = yield from self._receive_low_bandwidth(size)
             if data is None:
                 continue
-            ack = yield self._call(MessageType.RECVSTATUS, Status.SUCCESS)
+            ack = yield self._call(MessageType.RECVSTATUS, _SUCCESS)
             if self._chunk_ok(_status(ack.regs), "RECVSTATUS"):
                 return data
         raise MessageChannelError("receive kept being interrupted by checkpoints")
@@ -238,15 +256,15 @@ class GuestChannel:
         assert self.id is not None
         regs = Registers(
             ax=BDOOR_MAGIC,
-            bx=pack16(Status.SUCCESS, BDOORHB_CMD_MESSAGE),
+            bx=_HB_BX,
             cx=size,
             dx=pack16(self.id, BDOORHB_PORT),
             si=self.cookie_high,
             bp=self.cookie_low,
         )
         result = yield BackdoorCall(BackdoorOp.HB_IN, regs)
-        status = Status(high16(result.regs.bx))
-        if Status.SUCCESS not in status and Status.CPT not in status:
+        status = high16(result.regs.bx)
+        if not status & (_SUCCESS | _CPT):
             yield from self._error_ack(MessageType.RECVSTATUS)
         if not self._chunk_ok(status, "high-bandwidth receive"):
             return None
@@ -257,9 +275,9 @@ class GuestChannel:
     def _receive_low_bandwidth(self, size: int) -> Generator[BackdoorCall, BackdoorResult, bytes | None]:
         data = bytearray()
         while len(data) < size:
-            result = yield self._call(MessageType.RECVPAYLOAD, Status.SUCCESS)
+            result = yield self._call(MessageType.RECVPAYLOAD, _SUCCESS)
             status = _status(result.regs)
-            if Status.SUCCESS in status and high16(result.regs.dx) != MessageType.SENDPAYLOAD:
+            if status & _SUCCESS and high16(result.regs.dx) != MessageType.SENDPAYLOAD:
                 yield from self._error_ack(MessageType.RECVPAYLOAD)
                 raise MessageChannelError("RECVPAYLOAD answered with the wrong message type")
             if not self._chunk_ok(status, "RECVPAYLOAD"):
