@@ -168,3 +168,10 @@ def test_trace_shows_commands_and_replies_as_text() -> None:
     with capturedLogs() as events:
         reply_of(dispatcher, b"echo caf\xe9\n")
     assert [formatEvent(event) for event in events] == ["TCLO ← echo caf\\xe9\\n", "TCLO → OK caf\\xe9\\n"]
+
+
+def test_a_body_in_pieces_is_joined_once_behind_ok() -> None:
+    dispatcher = TCLODispatcher()
+    data = bytes(range(256)) * 4
+    dispatcher.register(b"f", lambda args: [b"head:", memoryview(data)[4:], args])
+    assert reply_of(dispatcher, b"f tail") == b"OK head:" + data[4:] + b"tail"

@@ -254,17 +254,21 @@ def encode_packet(header: Header, body: Data | list[Data], *, reply: bool) -> by
 
     One join: file data is copied once into the packet, whatever the layers around it.
     """
-    parts = body if isinstance(body, list) else [body]
+    return b"".join(packet_pieces(header, body if isinstance(body, list) else [body], reply=reply))
+
+
+def packet_pieces(header: Header, body: list[Data], *, reply: bool) -> list[Data]:
+    """`encode_packet` before the join: for a layer that puts its own bytes in front (TCLO's ``OK ``)."""
     word = header.status if reply else header.op
     if header.legacy:
-        return b"".join([_LEGACY.pack(header.request_id, word), *parts])
+        return [_LEGACY.pack(header.request_id, word), *body]
     inner = [_LEGACY.pack(header.request_id, word)] if _has_inner_header(header.op) else []
-    size = V4_HEADER_SIZE + LEGACY_HEADER_SIZE * len(inner) + sum(len(part) for part in parts)
+    size = V4_HEADER_SIZE + LEGACY_HEADER_SIZE * len(inner) + sum(len(part) for part in body)
     head = _V4.pack(
         header.version, OP_NEW_HEADER, size, V4_HEADER_SIZE, header.request_id, header.op,
         header.status, header.flags, header.information, header.session_id or 0, 0,
     )
-    return b"".join([head, *inner, *parts])
+    return [head, *inner, *body]
 
 
 def decode_request_header(data: Data) -> tuple[Header, Data]:
@@ -1050,8 +1054,15 @@ def encode_request(header: Header, message: Message) -> bytes:
 
 def encode_reply(request: Header, status: int, message: Message | None = None, session_id: int | None = None) -> bytes:
     """The reply to ``request``: ``message`` on success, the bare header on an error."""
+    return b"".join(reply_pieces(request, status, message, session_id))
+
+
+def reply_pieces(
+    request: Header, status: int, message: Message | None = None, session_id: int | None = None
+) -> list[Data]:
+    """`encode_reply` in pieces, file data among them as it is (not yet copied into one packet)."""
     body = _parts(message) if message is not None and status == Status.SUCCESS else []
-    return encode_packet(request.reply(status, session_id), body, reply=True)
+    return packet_pieces(request.reply(status, session_id), body, reply=True)
 
 
 def error_reply(data: bytes, status: int = Status.PROTOCOL_ERROR) -> bytes:

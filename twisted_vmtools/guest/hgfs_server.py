@@ -186,13 +186,19 @@ class HGFSServer(Service):
 
     # --- the TCLO command -------------------------------------------------------------------------------------
 
-    def command(self, args: bytes) -> bytes | Deferred[bytes]:
+    def command(self, args: bytes) -> bytes | list[hgfs.Data] | Deferred[bytes]:
         if not args:
             raise TCLOHandlerError(NO_ARGUMENT)
-        return self.packet(args)
+        # A reply made at once goes in pieces for the dispatcher to join behind its ``OK ``:
+        # a ReadV3's 520 KB of data is then copied once on its way out, not twice.
+        return self._reply(args)
 
     def packet(self, data: bytes) -> bytes | Deferred[bytes]:
         """The reply packet to one request packet (bytes, or a Deferred for virtual files)."""
+        reply = self._reply(data)
+        return b"".join(reply) if isinstance(reply, list) else reply
+
+    def _reply(self, data: bytes) -> bytes | list[hgfs.Data] | Deferred[bytes]:
         try:
             header, body = hgfs.decode_request_header(data)
         except HGFSPacketError as error:
@@ -219,7 +225,7 @@ class HGFSServer(Service):
                 lambda reply: hgfs.encode_reply(header, Status.SUCCESS, reply),  # type: ignore[arg-type]
                 lambda failure: self._failed(header, failure),
             )
-        return hgfs.encode_reply(header, Status.SUCCESS, result)  # type: ignore[arg-type]
+        return hgfs.reply_pieces(header, Status.SUCCESS, result)  # type: ignore[arg-type]
 
     def _error(self, header: Header, error: Exception) -> bytes:
         if isinstance(error, HGFSMalformedError):

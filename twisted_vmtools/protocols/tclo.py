@@ -15,7 +15,7 @@ from ..channels.interfaces import ITCLOCommands
 from ..codecs.tclo import BAD_COMMAND, OK_PREFIX, UNKNOWN_COMMAND, TCLOError, TCLOReply, parse_command
 from ..printable import TRACE_BYTES, abridged
 
-HandlerResult = bytes | Deferred[bytes] | Coroutine[Any, Any, bytes]
+HandlerResult = bytes | list[bytes | memoryview] | Deferred[bytes] | Coroutine[Any, Any, bytes]
 Handler = Callable[[bytes], HandlerResult]
 Observer = Callable[[bytes], Awaitable[object] | None]
 
@@ -107,6 +107,9 @@ class TCLODispatcher:
             return succeed(self._failed(Failure(), name))
         if isinstance(result, bytes):
             return succeed(OK_PREFIX + result)  # most handlers answer at once: skip the Deferred plumbing
+        if isinstance(result, list):
+            # A large body in pieces (HGFS file data) is copied once, behind the OK, not twice.
+            return succeed(b"".join([OK_PREFIX, *result]))
         running = maybeDeferred(_deferred, result).addCallback(_ok)
         return running.addErrback(self._failed, name)
 
