@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -177,6 +178,32 @@ def test_under_twistd_a_usage_error_is_one_sentence_and_exit_2(capfd: pytest.Cap
         options.parseOptions(["--primary-ip", "notanip"])
     assert exit.value.code == ExitCode.USAGE
     assert capfd.readouterr().err == "twistd vmtools: --primary-ip 'notanip' is not an IP address\n"
+
+
+def test_twistd_simulate_where_it_cannot_listen(tmp_path: Path, busy_port: int, capfd: pytest.CaptureFixture[str]
+                                                 ) -> None:
+    from twisted.internet import reactor
+
+    from twisted_vmtools.tap import makeService
+
+    missing = Options()
+    missing.parseOptions(["--simulate", "--socket", str(tmp_path / "missing" / "dir" / "vmx.sock")])
+    with pytest.raises(SystemExit) as exit:
+        makeService(missing, MemoryReactorClock())
+    assert exit.value.code == ExitCode.CANNOT_LISTEN
+    assert "cannot listen at" in one_sentence(capfd.readouterr().err, "twistd vmtools")
+
+    busy = Options()
+    busy.parseOptions(["--simulate", "--socket", f"tcp:port={busy_port}:interface=127.0.0.1"])
+    pidfile = tmp_path / "twistd.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    busy.parent = {"nodaemon": True, "pidfile": str(pidfile)}  # type: ignore[assignment]  # twistd's config
+    service = makeService(busy, reactor)
+    with pytest.raises(SystemExit) as exit:
+        service.privilegedStartService()  # where twistd listens
+    assert exit.value.code == ExitCode.CANNOT_LISTEN
+    assert "Address already in use" in one_sentence(capfd.readouterr().err, "twistd vmtools")
+    assert not pidfile.exists()  # twistd removes it only after an Exception; we exit
 
 
 def test_python_m_says_its_own_name(capfd: pytest.CaptureFixture[str]) -> None:

@@ -84,5 +84,5 @@ def client_endpoint(reactor: object, where: str) -> IStreamClientEndpoint:
         return clientFromString(reactor, description)
     except ValueError as error:  # Twisted's "Unknown endpoint type", a plugin's own sentence
         raise EndpointStringError(f"{where!r}: {error}") from None
-    except (TypeError, KeyError):  # arguments a plugin's parser does not take
+    except Exception:  # arguments a parser does not take (TypeError, KeyError), a plugin's own failure
         raise EndpointStringError(f"{where!r} is not an endpoint string this client can use") from None

@@ -92,3 +92,12 @@ def test_another_users_socket_is_refused_not_removed(tmp_path: Path) -> None:
     with pytest.raises(SocketInUseError, match="belongs to uid 65534"):
         claim_socket(str(path))
     assert path.exists()
+
+
+def test_other_endpoint_types_fail_in_a_sentence(tmp_path: Path) -> None:
+    with pytest.raises(EndpointStringError, match="Unknown endpoint type"):
+        server_endpoint(object(), "carrier-pigeon:5000", allow_remote=True)
+    with pytest.raises(EndpointStringError, match="No such file or directory"):
+        server_endpoint(object(), f"ssl:5000:privateKey={tmp_path}/missing.pem", allow_remote=True)
+    with pytest.raises(RemoteListenError):
+        server_endpoint(object(), "ssl:5000")  # any other type counts as remote

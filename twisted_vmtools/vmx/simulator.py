@@ -57,7 +57,9 @@ def server_endpoint(
         return serverFromString(reactor, address.description)
     except ValueError as error:  # Twisted's "Unknown endpoint type", a plugin's own sentence
         raise EndpointStringError(f"{address.text!r}: {error}") from None
-    except (TypeError, KeyError):  # arguments the type's parser does not take
+    except OSError as error:  # ssl: reads its certificate while parsing
+        raise EndpointStringError(f"{address.text!r}: {error.strerror or error}: {error.filename}") from None
+    except Exception:  # arguments a parser does not take (TypeError, KeyError), a plugin's own failure
         raise EndpointStringError(f"{address.text!r} is not an endpoint string Twisted can listen on") from None
 
 
