@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
 from ..codecs.message import MAX_MESSAGE
@@ -36,6 +37,7 @@ from .access import (
 from .backpressure import ReadsPausedByWrites
 from .model import VMX
 from .ratelimit import RateLimitedLog
+from .tclo_queue import ITCLOPusher
 
 MALFORMED = b"malformed packet"
 # What a peer's bytes make the VMX say (malformed packets, refusals) is rate limited: a peer
@@ -100,6 +102,7 @@ class VMXRPCIProtocol(PacketProtocol, ReadsPausedByWrites):
         self.sendPacket(VsockPacket.data(RPCIReply(False, MALFORMED).encode()))
 
 
+@implementer(ITCLOPusher)
 class VMXTCLOProtocol(PacketProtocol):
     """Pushes queued TCLO commands to the guest and hands its replies back.
 
