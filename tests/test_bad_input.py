@@ -16,7 +16,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from tests.support import result_of
+from tests.support import Harness, PumpEndpoint, failure_of, result_of
 from twisted_vmtools import rpctool
 from twisted_vmtools.exit_codes import MEANINGS, CannotListen, ExitCode, UsageError
 from twisted_vmtools.tap import Options
@@ -123,6 +123,35 @@ def test_guest_verbs_usage_mistakes_are_usage_errors() -> None:
         with pytest.raises(UsageError, match=said) as refused:
             parse_login(login)
         assert refused.value.exit_code == ExitCode.USAGE
+
+
+def test_a_socket_where_no_simulator_answers_fails_in_time() -> None:
+    """Something listens but says nothing (not a simulator): the client gives up, it does not hang."""
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+
+    from twisted_vmtools.vmx.control import ANSWER_TIMEOUT, NoAnswer, connect_control
+
+    clock = Clock()
+    mute = PumpEndpoint(Factory.forProtocol(Protocol))
+    connecting = ensureDeferred(connect_control(mute, clock=clock))
+    mute.flush()
+    assert not connecting.called
+    clock.advance(ANSWER_TIMEOUT)
+    failure = failure_of(connecting)
+    assert failure.check(NoAnswer) and "nothing answered within 10 s" in str(failure.value)
+    mute.flush()
+    assert mute.pumps == []  # the connection was dropped
+
+
+def test_a_simulator_answers_at_once() -> None:
+    from twisted_vmtools.vmx.control import ControlClient, connect_control
+
+    harness = Harness()
+    connecting = ensureDeferred(connect_control(harness.endpoint, clock=harness.clock))
+    harness.endpoint.flush()
+    assert isinstance(result_of(connecting), ControlClient)
+    harness.clock.advance(60)  # the timeout was cancelled: nothing fires later
 
 
 # -- vmtools-rpctool and twistd vmtools' options, in this process

@@ -365,7 +365,7 @@ async def _connect(reactor: Any, where: str, login: tuple[str, str] | None) -> I
     from .vmx.guest_verbs import guest_operations
 
     endpoint = client_endpoint(reactor, where)
-    control = await _awaited(connect_control(endpoint, control_secret(where)))
+    control = await _awaited(connect_control(endpoint, control_secret(where), clock=reactor))
     ops = guest_operations(control)
     ops.default_login = Credentials(*login) if login is not None else None  # type: ignore[attr-defined]
     ops.control = control  # type: ignore[attr-defined]  # kept: the connection lives as long as the operations

@@ -121,7 +121,7 @@ async def _control(reactor: object, where: str) -> ControlClient:
     endpoint = client_endpoint(reactor, where)  # EndpointStringError, UntrustedSocket: ToolErrors already
     secret = control_secret(where)  # over TCP: from the file VMTOOLS_SIM_SECRET_FILE names (SecretError)
     try:
-        return await connect_control(endpoint, secret)
+        return await connect_control(endpoint, secret, clock=reactor)  # type: ignore[arg-type]
     except SecretError as error:
         raise Unreachable(f"{where}: {error}") from None
     except Exception as error:

@@ -7,10 +7,11 @@ send the ``CTRL`` preamble, then speak AMP.
 from __future__ import annotations
 
 import json
+from typing import NoReturn
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -113,6 +114,14 @@ class ControlCommand(amp.Command):
 
 class Status(ControlCommand):
     response = [(b"status", BigText())]
+
+
+class Hello(ControlCommand):
+    """Answered at once: a client asks it first, so that a socket where something else listens (and
+    answers nothing) fails within `ANSWER_TIMEOUT` instead of leaving the client waiting forever."""
+
+
+ANSWER_TIMEOUT = 10.0  # seconds for the connection, the secret's challenge and Hello's answer
 
 
 class SendTCLO(ControlCommand):
@@ -275,6 +284,10 @@ class ControlServer(amp.AMP, ReadsPausedByWrites):
             peer = "a closed peer"
         self._bad_input_log.warn("control peer {peer}: {why}", peer=peer, why=why)
 
+    @Hello.responder
+    def hello(self) -> dict[str, object]:
+        return {}
+
     @Status.responder
     def status(self) -> dict[str, str]:
         return {"status": json.dumps(self.vmx.status())}
@@ -391,7 +404,36 @@ def control_secret(where: str, path: str | None = None) -> bytes | None:
     return load_secret(path) if parse_client(where).path is None else None
 
 
-async def connect_control(endpoint: IStreamClientEndpoint, secret: bytes | None = None) -> ControlClient:
-    """A `ControlClient` connected through ``endpoint``, ready for commands (secret proven if given)."""
-    client = await connectProtocol(endpoint, ControlClient(secret))
-    return await client.ready
+class NoAnswer(Exception):
+    """Something is at the address, but no simulator answered there in time."""
+
+
+async def connect_control(
+    endpoint: IStreamClientEndpoint,
+    secret: bytes | None = None,
+    clock: IReactorTime | None = None,
+    timeout: float = ANSWER_TIMEOUT,
+) -> ControlClient:
+    """A `ControlClient` connected through ``endpoint``, ready for commands (secret proven if given).
+
+    With a ``clock``, `NoAnswer` if the simulator has not answered `Hello`
+    within ``timeout`` seconds (the connection is then dropped).
+    """
+    client = ControlClient(secret)
+    handshake = ensureDeferred(_handshake(endpoint, client))
+    if clock is not None:
+        handshake.addTimeout(timeout, clock, onTimeoutCancel=lambda result, after: _silent(client, after))
+    return await handshake
+
+
+async def _handshake(endpoint: IStreamClientEndpoint, client: ControlClient) -> ControlClient:
+    await connectProtocol(endpoint, client)
+    await client.ready
+    await client.callRemote(Hello)
+    return client
+
+
+def _silent(client: ControlClient, timeout: float) -> NoReturn:
+    if client.transport is not None:
+        client.transport.abortConnection()  # type: ignore[attr-defined]
+    raise NoAnswer(f"nothing answered within {timeout:g} s (is it a simulator?)")
