@@ -26,16 +26,28 @@ import argparse
 import os
 from dataclasses import dataclass
 
-# Twisted's own tokenizer, so that quoting (``\:``) and ``key=value`` mean here what they mean to
-# serverFromString and clientFromString; private, so tests/test_endpoint_strings.py pins its behaviour.
-from twisted.internet.endpoints import _parse, quoteStringArgument
-
 from .exit_codes import ExitCode, ToolError
 
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 SERVER_FORMS = "a socket path, unix:PATH, unix:path=PATH, tcp:PORT or tcp:port=PORT:interface=HOST"
 CLIENT_FORMS = "a socket path, unix:PATH, unix:path=PATH, tcp:HOST:PORT or tcp:host=HOST:port=PORT"
 TCP_KINDS = ("tcp", "tcp6")
+
+
+def _parse(text: str) -> tuple[list[str], dict[str, str]]:
+    # Twisted's own tokenizer, so that quoting (``\:``) and ``key=value`` mean here what they mean to
+    # serverFromString and clientFromString; private, so tests/test_endpoint_strings.py pins its behaviour.
+    # Imported when used: twisted.internet.endpoints loads pyOpenSSL where it is installed (12 MB),
+    # which twistd vmtools keeps out of the guest until the reactor is imported (no_tls.py).
+    from twisted.internet.endpoints import _parse as parse
+
+    return parse(text)  # type: ignore[no-any-return]
+
+
+def quoteStringArgument(text: str) -> str:  # noqa: N802 - Twisted's name, for the same function
+    from twisted.internet.endpoints import quoteStringArgument as quote
+
+    return quote(text)
 
 
 class EndpointStringError(ToolError, ValueError, argparse.ArgumentTypeError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -15,12 +15,8 @@ from .guest.auth import IAuthenticator
 from .guest.core import CoreFeature
 from .guest.feature import IGuestFeature, check_features, send_quietly
 from .guest.guestinfo import DEFAULT_INTERVAL, GuestInfo
-from .guest.hgfs_archive import SCHEME as ARCHIVE_SCHEME
-from .guest.hgfs_archive import ArchiveHandler
+from .guest.hgfs_feature import HGFSFeature
 from .guest.hgfs_files import UploadJournal
-from .guest.hgfs_handlers import FileHandlerRegistry
-from .guest.hgfs_proc import IProcessTable, ProcessIOHandler, ProcFilesHandler
-from .guest.hgfs_server import HGFSServer
 from .guest.netinfo import primary_ip as default_primary_ip
 from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
 from .guest.powerops import IPowerHandler, PowerOps
@@ -28,6 +24,10 @@ from .guest.sysinfo import IGuestInfoSource
 from .guest.vix_feature import VixFeature
 from .protocols.rpci import RPCI
 from .protocols.tclo import TCLODispatcher
+
+if TYPE_CHECKING:
+    from .guest.hgfs_handlers import FileHandlerRegistry
+    from .guest.hgfs_proc import IProcessTable
 
 FeatureT = TypeVar("FeatureT")
 
@@ -60,14 +60,20 @@ def default_features(
     # /proc/<pid>/std* of the processes they start.
     vix = VixFeature(reactor, authenticator=guest_auth, disabled=guest_operations_disabled)
     features.append(vix)
-    handlers = default_file_handlers(reactor, vix.processes)
-    features.append(HGFSServer(reactor, handlers=handlers, journal=journal))  # type: ignore[arg-type]
+    # Both build their servers on first use (see guest/hgfs_feature.py): an idle guest loads neither.
+    handlers = lambda: default_file_handlers(reactor, vix.processes)  # noqa: E731
+    features.append(HGFSFeature(reactor, handlers=handlers, journal=journal))
     return features
 
 
 def default_file_handlers(reactor: object, processes: IProcessTable | None = None) -> FileHandlerRegistry:
     """The HGFS server's virtual paths: directories as archives (``/archive:/…``), procfs files, and
     with a process table, the ``/proc/<pid>/stdin|stdout|stderr`` of the processes it started."""
+    from .guest.hgfs_archive import SCHEME as ARCHIVE_SCHEME
+    from .guest.hgfs_archive import ArchiveHandler
+    from .guest.hgfs_handlers import FileHandlerRegistry
+    from .guest.hgfs_proc import ProcessIOHandler, ProcFilesHandler
+
     registry = FileHandlerRegistry()
     if processes is not None:
         registry.register("proc", ProcessIOHandler(reactor, processes))  # type: ignore[arg-type]

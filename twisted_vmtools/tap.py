@@ -58,6 +58,8 @@ class Options(usage.Options):
     optFlags = [
         ["simulate", None, "run against an embedded simulated VMX; its control socket stays up for vmtools-sim"],
         ["trace", None, "log every RPC in both directions"],
+        ["tls", None, "let Twisted load pyOpenSSL (about 12 MB resident), for a --power-hook that speaks TLS; "
+                      "the tools themselves never do, so by default it is kept out (see twisted_vmtools/no_tls.py)"],
     ]
 
     def opt_version(self) -> None:
@@ -78,6 +80,11 @@ class Options(usage.Options):
             _exit(UsageError(str(error)), self.prog)
 
     def postOptions(self) -> None:
+        if not self["tls"]:
+            # First: checking --transport loads Twisted's endpoints, which import pyOpenSSL (no_tls.py).
+            from .no_tls import keep_tls_out
+
+            keep_tls_out()
         check_where(self)
         if self["primary-ip"] is not None:
             self["primary-ip"] = ip_address(self["primary-ip"])
@@ -264,6 +271,8 @@ def authenticator(reactor: object, auth: str) -> IAuthenticator:
 
 def disabled_guest_operations(conf: ToolsConf) -> frozenset[str]:
     """``[guestoperations] disabled`` (all of them) and ``<ApiName>.disabled`` (one), as vmtoolsd reads them."""
+    if not conf.groups.get("guestoperations"):
+        return frozenset()  # the usual case: no need to load the command server for its API names
     from .guest.vix_server import API_NAMES
 
     try:

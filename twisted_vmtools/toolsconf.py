@@ -8,7 +8,6 @@ serve vmtoolsd and us.  Command-line options win over the file.
 
 from __future__ import annotations
 
-import configparser
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -66,6 +65,8 @@ class ToolsConf:
 
 def load_tools_conf(path: str) -> ToolsConf:
     """Read ``path``; a missing or malformed file is a `ToolsConfError` naming it."""
+    import configparser  # only with --config: an empty ToolsConf needs no parser
+
     parser = configparser.ConfigParser(
         interpolation=None, strict=False, delimiters=("=",), comment_prefixes=("#",), inline_comment_prefixes=None
     )

@@ -15,11 +15,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import result_of
+from twisted_vmtools.channels.auto import AutoChannel
 from twisted_vmtools.channels.backdoor import BackdoorChannel, host_executor
 from twisted_vmtools.channels.detect import BackdoorInterface, Detection
 from twisted_vmtools.channels.interfaces import IGuestChannel, ITCLOHandler
 from twisted_vmtools.channels.select import (
-    AutoChannel,
     BadTransport,
     TransportUnavailable,
     check_transport,

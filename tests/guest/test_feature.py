@@ -16,7 +16,7 @@ from tests.support import Harness, RecordingPowerHandler
 from twisted_vmtools.guest.core import CoreFeature
 from twisted_vmtools.guest.feature import IGuestFeature
 from twisted_vmtools.guest.guestinfo import GuestInfo
-from twisted_vmtools.guest.hgfs_server import HGFSServer
+from twisted_vmtools.guest.hgfs_feature import HGFSFeature
 from twisted_vmtools.guest.powerops import PowerOps
 from twisted_vmtools.guest.vix_feature import VixFeature
 from twisted_vmtools.protocols.rpci import RPCI
@@ -66,7 +66,7 @@ def test_the_documented_example_feature_plugs_in() -> None:
 def test_the_features_are_child_services_started_after_the_channel() -> None:
     harness = Harness()
     service = harness.service
-    assert [type(f) for f in service.features] == [CoreFeature, GuestInfo, PowerOps, VixFeature, HGFSServer]
+    assert [type(f) for f in service.features] == [CoreFeature, GuestInfo, PowerOps, VixFeature, HGFSFeature]
     assert all(verifyObject(IGuestFeature, f) for f in service.features)
     assert list(service) == list(service.features)
     assert service.feature(GuestInfo) is service.guest_info

@@ -255,15 +255,15 @@ def test_twistd_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_default_features_serve_guest_operations_and_their_process_io() -> None:
+    from twisted_vmtools.guest.hgfs_feature import HGFSFeature
     from twisted_vmtools.guest.hgfs_proc import ProcessIOHandler
-    from twisted_vmtools.guest.hgfs_server import HGFSServer
     from twisted_vmtools.guest.processes import StartRequest
     from twisted_vmtools.service import default_features
 
     clock = Clock()
     features = default_features(clock, guest_info_interval=None, guest_auth=OnePassword())
     [vix_feature] = [f for f in features if isinstance(f, VixFeature)]
-    [hgfs] = [f for f in features if isinstance(f, HGFSServer)]
+    [hgfs] = [f.server for f in features if isinstance(f, HGFSFeature)]
     vix_feature.processes.register("wait", lambda process: Deferred())
     pid = vix_feature.processes.start(StartRequest("wait"), GuestUser.current()).pid
     resolved = hgfs.handlers.resolve(f"/proc/{pid}/stdout", opening=True)
@@ -289,3 +289,21 @@ def test_auth_none_is_announced_as_a_warning() -> None:
         globalLogPublisher.removeObserver(observer)
     warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "ANY login" in str(e.get("log_format"))]
     assert len(warnings) == 1
+
+
+def test_the_feature_builds_its_server_and_process_manager_on_first_use() -> None:
+    from twisted_vmtools.guest.fileops_runner import InlineRunner
+
+    clock = Clock()
+    feature = VixFeature(clock, authenticator=OnePassword(), files=InlineRunner())
+    dispatcher = TCLODispatcher()
+    feature.install(dispatcher)
+    assert feature._server is None and feature._processes is None  # an idle guest holds neither
+    reply = result_of(dispatcher.handle(b"Vix_1_Get_ToolsProperties"))
+    assert reply.startswith(b"OK ") and feature._server is not None
+    assert feature.server.processes is feature.processes and feature.server.authenticator is feature.authenticator
+    command = vix.relayed_command(vix.build_request(Op.START_PROGRAM, vix.StartProgram("n"), LOGIN).encode())
+    feature.processes.register("n", lambda process: 0)
+    assert vix.decode_reply(result_of(dispatcher.handle(command))[3:]).error == VixCode.OK
+    feature.startService()
+    feature.stopService()

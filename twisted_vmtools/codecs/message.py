@@ -31,9 +31,9 @@ from .registers import (
     low16,
     pack16,
 )
+from .registers import PROTO_RPCI as PROTO_RPCI  # declared with the registers; the message channel's own
+from .registers import PROTO_TCLO as PROTO_TCLO
 
-PROTO_RPCI = 0x49435052  # b"RPCI" as a little-endian u32
-PROTO_TCLO = 0x4F4C4354  # b"TCLO"
 FLAG_COOKIE = 0x80000000
 MAX_CHANNELS = 128  # GUESTMSG_MAX_CHANNEL: ids are below this
 MAX_MESSAGE = 64 * 1024  # the VMX's cap on one incoming message

@@ -36,6 +36,11 @@ CMD_GETBUILDNUM = 100
 VERSION_MAGIC = 6  # what GETVERSION returns in EAX
 VMX_TYPE_SCALABLE_SERVER = 2  # ESX; some plugins refuse to load otherwise
 
+# The message channel's protocol numbers (EBX of the open call), also the stream transport's
+# preamble: here rather than in message.py so the stream transport need not load the backdoor's codec.
+PROTO_RPCI = 0x49435052  # b"RPCI" as a little-endian u32
+PROTO_TCLO = 0x4F4C4354  # b"TCLO"
+
 MASK32 = 0xFFFFFFFF
 MASK64 = 0xFFFFFFFFFFFFFFFF
 

@@ -13,7 +13,7 @@ import enum
 import struct
 
 from .errors import CodecError
-from .message import PROTO_RPCI, PROTO_TCLO
+from .registers import PROTO_RPCI, PROTO_TCLO
 
 PREAMBLE_SIZE = 4
 

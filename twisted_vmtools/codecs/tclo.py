@@ -23,6 +23,13 @@ CAPABILITIES_REGISTER = b"Capabilities_Register"
 SET_OPTION = b"Set_Option"
 RESET_REPLY_PREFIX = b"ATR "  # "OK ATR <app name>": the guest's answer to reset
 
+# The commands the optional features own, declared here rather than in their codecs so that a
+# guest can register them without importing the Vix and HGFS codecs before the first one arrives.
+VIX_RELAYED_COMMAND = b"Vix_1_Relayed_Command"
+VIX_GET_TOOLS_PROPERTIES = b"Vix_1_Get_ToolsProperties"
+HGFS_COMMAND = b"f"  # ``f <HGFS request packet>``
+HGFS_CAPABILITY = b"tools.capability.hgfs_server toolbox 1"  # the VMX may send `f` packets
+
 
 def set_option(name: bytes, value: bytes) -> bytes:
     """``Set_Option <name> <value>``."""

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar, Self
 
 from .errors import CodecError
+from .tclo import VIX_GET_TOOLS_PROPERTIES, VIX_RELAYED_COMMAND
 
-RELAYED_COMMAND = b"Vix_1_Relayed_Command"
-GET_TOOLS_PROPERTIES = b"Vix_1_Get_ToolsProperties"
+RELAYED_COMMAND = VIX_RELAYED_COMMAND
+GET_TOOLS_PROPERTIES = VIX_GET_TOOLS_PROPERTIES
 
 MAGIC = 0xD00D0001
 MESSAGE_VERSION = 5

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from ..codecs.vix import Credentials, VixCode
 from .accounts import GuestUser
-from .vix_errors import VixOperationError
+
+if TYPE_CHECKING:
+    # The Vix codec is loaded with the first guest operation, not when the service is built.
+    from ..codecs.vix import Credentials
+    from .vix_errors import VixOperationError
 
 PAM_SERVICE = "vmtoolsd"  # /etc/pam.d/vmtoolsd, installed by open-vm-tools
 
@@ -31,6 +35,9 @@ class IAuthenticator(Interface):
 
 
 def invalid_login(user: str) -> VixOperationError:
+    from ..codecs.vix import VixCode
+    from .vix_errors import VixOperationError
+
     return VixOperationError(VixCode.INVALID_LOGIN_CREDENTIALS, f"invalid login for {user!r}")
 
 

@@ -40,15 +40,14 @@ from ..codecs.hgfs import (
     OpenMode,
     Status,
 )
+from ..codecs.tclo import HGFS_CAPABILITY as CAPABILITY
+from ..codecs.tclo import HGFS_COMMAND as COMMAND
 from ..protocols.rpci import RPCI
 from ..protocols.tclo import TCLODispatcher, TCLOHandlerError
 from .feature import IGuestFeature
 from .hgfs_files import DiskFile, IFileHandle, SafeUpload, UploadJournal
 from .hgfs_handlers import FileHandlerRegistry
 
-CAPABILITY = b"tools.capability.hgfs_server toolbox 1"  # the VMX may send `f` packets
-
-COMMAND = b"f"
 NO_ARGUMENT = b"1 argument required"  # vmtoolsd's answer to an `f` without a packet
 DEFAULT_MAX_SESSIONS = 64
 DEFAULT_MAX_HANDLES = 1024

@@ -6,8 +6,6 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-import psutil
-
 
 def primary_ip(nic_filter: Callable[[str], bool] | None = None) -> str | None:
     """The first global (or, failing that, private) IPv4 address of an up, non-loopback NIC.
@@ -16,6 +14,8 @@ def primary_ip(nic_filter: Callable[[str], bool] | None = None) -> str | None:
     open-vm-tools likewise prefers the first usable IPv4 address.  Interfaces
     ``nic_filter`` rejects (the NIC report's exclude-nics) are skipped too.
     """
+    import psutil  # on first use: the service is built without it
+
     stats = psutil.net_if_stats()
     candidates: list[ipaddress.IPv4Address] = []
     for name, addresses in psutil.net_if_addrs().items():

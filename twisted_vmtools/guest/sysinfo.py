@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import psutil
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -41,6 +40,8 @@ from ..codecs.nicinfo import (
     NicInfoV3,
     TypedIpAddress,
 )
+
+AF_LINK = socket.AF_PACKET  # psutil.AF_LINK on Linux: the family of an interface's MAC address entry
 
 # open-vm-tools' default [guestinfo] exclude-nics on Linux: container and virtual-bridge interfaces.
 DEFAULT_EXCLUDE_NICS: tuple[str, ...] = ("docker*", "veth*", "virbr*", "antrea-*", "cali*")
@@ -117,9 +118,13 @@ class SystemGuestInfoSource:
                 return float(text.split()[0])
             except (ValueError, IndexError):
                 pass
+        import psutil
+
         return max(0.0, time.time() - psutil.boot_time())
 
     def nic_info(self) -> NicInfoV3:
+        import psutil  # on the first report, not when the service is built
+
         names, nics = nics_from_interfaces(psutil.net_if_addrs(), psutil.net_if_stats(), self.nic_filter)
         index = {name: i for i, name in enumerate(names)}
         routes = parse_ipv4_routes(_read(os.path.join(self.proc, "net/route")) or "", index)
@@ -303,7 +308,7 @@ def nics_from_interfaces(
         state = stats.get(name)
         if state is not None and not state.isup:
             continue
-        mac = next((e.address.lower() for e in entries if e.family == psutil.AF_LINK), "")
+        mac = next((e.address.lower() for e in entries if e.family == AF_LINK), "")
         if not mac or len(mac) > MAC_LEN or mac == "00:00:00:00:00:00":
             continue
         ips: list[IpAddressEntry] = []

@@ -3,24 +3,33 @@
 It owns the TCLO commands ``Vix_1_Relayed_Command`` and
 ``Vix_1_Get_ToolsProperties``, and announces no capability (vmtoolsd's vix
 plugin announces only SAML token support, which needs VGAuth).
+
+Most guests never see a guest operation, and one tools process runs in every
+VM of a fleet: the command server, the Vix codec, the process manager (and
+psutil behind it) are imported and built on first use (the first command, or
+the first use of ``processes``), not when the service is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..codecs.vix import GET_TOOLS_PROPERTIES, RELAYED_COMMAND
+from ..codecs.tclo import VIX_GET_TOOLS_PROPERTIES, VIX_RELAYED_COMMAND
 from ..protocols.rpci import RPCI
 from ..protocols.tclo import TCLODispatcher
-from .auth import IAuthenticator, NoAuthenticator, PAMAuthenticator
+from .auth import IAuthenticator, NoAuthenticator
 from .feature import IGuestFeature
-from .fileops_runner import FileOperationRunner, IFileOperationRunner
-from .processes import ProcessManager
-from .vix_server import VixCommandServer
+
+if TYPE_CHECKING:
+    from .fileops_runner import IFileOperationRunner
+    from .processes import ProcessManager
+    from .vix_server import VixCommandServer
 
 
 @implementer(IGuestFeature)
@@ -44,30 +53,63 @@ class VixFeature(Service):
         disabled: frozenset[str] = frozenset(),
     ) -> None:
         self.reactor = reactor
-        self.processes = processes or ProcessManager(reactor)
-        self.server = VixCommandServer(
-            reactor,
-            authenticator=authenticator or PAMAuthenticator(reactor),
-            processes=self.processes,
-            files=files or FileOperationRunner(reactor),
-            disabled=disabled,
-        )
+        if authenticator is None:
+            from .auth import PAMAuthenticator
+
+            authenticator = PAMAuthenticator(reactor)
+        self.authenticator = authenticator
+        self.disabled = disabled
+        self._processes = processes
+        self._files = files
+        self._server: VixCommandServer | None = None
+
+    @property
+    def processes(self) -> ProcessManager:
+        if self._processes is None:
+            from .processes import ProcessManager
+
+            self._processes = ProcessManager(self.reactor)
+        return self._processes
+
+    @property
+    def server(self) -> VixCommandServer:
+        if self._server is None:
+            from .fileops_runner import FileOperationRunner
+            from .vix_server import VixCommandServer
+
+            self._server = VixCommandServer(
+                self.reactor,
+                authenticator=self.authenticator,
+                processes=self.processes,
+                files=self._files or FileOperationRunner(self.reactor),
+                disabled=self.disabled,
+            )
+        return self._server
 
     def install(self, dispatcher: TCLODispatcher, rpci: RPCI | None = None) -> None:
-        dispatcher.register(RELAYED_COMMAND, self.server.relayed_command)
-        dispatcher.register(GET_TOOLS_PROPERTIES, self.server.tools_properties)
+        dispatcher.register(VIX_RELAYED_COMMAND, self._relayed_command)
+        dispatcher.register(VIX_GET_TOOLS_PROPERTIES, self._tools_properties)
+
+    # Looked up at each command, so that the server is built by the first one.
+    def _relayed_command(self, args: bytes) -> Deferred[bytes]:
+        return self.server.relayed_command(args)
+
+    def _tools_properties(self, args: bytes) -> bytes:
+        return self.server.tools_properties(args)
 
     def startService(self) -> None:
         super().startService()
-        if isinstance(self.server.authenticator, NoAuthenticator):
+        if isinstance(self.authenticator, NoAuthenticator):
             self.log.warn(
                 "guest operations accept ANY login and act as {user} (--auth none)",
-                user=self.server.authenticator.user.name,
+                user=self.authenticator.user.name,
             )
 
     def stopService(self) -> None:  # type: ignore[override]
-        self.processes.stop()
-        stop_helpers = getattr(self.server.files, "stop", None)
+        # Nothing was started if nothing was used.
+        if self._processes is not None:
+            self._processes.stop()
+        stop_helpers = getattr(self._server.files, "stop", None) if self._server is not None else None
         if stop_helpers is not None:
             stop_helpers()
         super().stopService()
