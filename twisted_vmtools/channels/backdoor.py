@@ -51,6 +51,8 @@ COMMANDS_PER_TURN = 8  # commands answered at once and polled after within one r
 ERROR_DELAY = 5.0
 HANDLER_FAILED = ERROR_PREFIX + b"internal error"
 
+LOW_BANDWIDTH, HB_OUT = BackdoorOp.LOW_BANDWIDTH, BackdoorOp.HB_OUT
+
 # DX low 16 on the hypercall interface: flags instead of a port.
 _HYPERCALL_FLAGS = {
     BackdoorOp.LOW_BANDWIDTH: 0,
@@ -79,16 +81,20 @@ def hardware_executor(interface: BackdoorInterface) -> Backdoor:
     }[interface]
     hypercall = interface is not BackdoorInterface.PORT
 
+    lb, hb_out, hb_in = _backdoor.lb, _backdoor.hb_out, _backdoor.hb_in
+    new = tuple.__new__  # named tuples without their Python-level __new__, as in codecs.message
+
     def execute(call: BackdoorCall) -> BackdoorResult:
-        r = call.regs
-        dx = hypercall_dx(call) if hypercall else r.dx
-        if call.op is BackdoorOp.LOW_BANDWIDTH:
-            ax, bx, cx, dx, si, di = _backdoor.lb(r.ax, r.bx, r.cx, dx, r.si, r.di, mode)
-            return BackdoorResult(Registers(ax, bx, cx, dx, si, di, r.bp))
-        if call.op is BackdoorOp.HB_OUT:
-            return BackdoorResult(Registers(*_backdoor.hb_out(r.ax, r.bx, dx, r.di, r.bp, call.data, mode)))
-        regs, data = _backdoor.hb_in(r.ax, r.bx, dx, r.si, r.bp, r.cx, mode)
-        return BackdoorResult(Registers(*regs), data)
+        op, r, data = call
+        ax, bx, cx, dx, si, di, bp = r
+        if hypercall:
+            dx = hypercall_dx(call)
+        if op is LOW_BANDWIDTH:
+            return new(BackdoorResult, (new(Registers, (*lb(ax, bx, cx, dx, si, di, mode), bp)), b""))
+        if op is HB_OUT:
+            return new(BackdoorResult, (new(Registers, hb_out(ax, bx, dx, di, bp, data, mode)), b""))
+        regs, data = hb_in(ax, bx, dx, si, bp, cx, mode)
+        return new(BackdoorResult, (new(Registers, regs), data))
 
     return execute
 
@@ -251,7 +257,7 @@ class BackdoorChannel:
             if tclo.id is None:
                 self._run(tclo.open())
             # The reply goes out once; if this fails it is lost, as with vmtoolsd.
-            command = self._run(tclo.exchange(reply or b""))
+            command: bytes = run_steps(tclo.exchange(reply or b""), self._execute)  # type: ignore[assignment]
         except Exception as error:
             self.log.warn(
                 "backdoor TCLO poll failed, retrying in {delay} s: {error}", delay=self._error_delay, error=error
@@ -324,9 +330,11 @@ _waiting = _builder.state("waiting")  # a poll is scheduled; the last reply (if 
 _handling = _builder.state("handling")  # the handler has a command; no poll until it answers (the VMX waits too)
 
 
-@_idle.upon(PollInputs.begin).to(_waiting)
-def _start_polling(loop: PollInputs, channel: BackdoorChannel, handler: ITCLOHandler) -> None:
-    channel._take_handler(handler)
+# Automat finds a transition by a linear scan comparing states: the ones every poll
+# takes come first.
+@_waiting.upon(PollInputs.quiet).loop()
+def _poll_later(loop: PollInputs, channel: BackdoorChannel, delay: float) -> None:
+    channel._schedule(delay)
 
 
 @_waiting.upon(PollInputs.received).to(_handling)
@@ -334,14 +342,14 @@ def _handle(loop: PollInputs, channel: BackdoorChannel, command: bytes) -> None:
     channel._dispatch(command)
 
 
-@_waiting.upon(PollInputs.quiet).loop()
-def _poll_later(loop: PollInputs, channel: BackdoorChannel, delay: float) -> None:
-    channel._schedule(delay)
-
-
 @_handling.upon(PollInputs.answered).to(_waiting)
 def _reply(loop: PollInputs, channel: BackdoorChannel, reply: bytes) -> None:
     channel._reply_at_next_poll(reply)
+
+
+@_idle.upon(PollInputs.begin).to(_waiting)
+def _start_polling(loop: PollInputs, channel: BackdoorChannel, handler: ITCLOHandler) -> None:
+    channel._take_handler(handler)
 
 
 _idle.upon(PollInputs.answered).loop().returns(None)  # the answer to a command from before stop
