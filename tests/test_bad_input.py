@@ -184,6 +184,9 @@ def test_rpctool_refuses_a_transport_at_parse_time(
         (["--simulate", "--socket", LONG], "at most 107"),
         (["--simulate", "--socket", "tcp:localhost"], "port must be a number"),
         (["--simulate", "--socket", "tcp:0"], "other than 0"),
+        (["--guestinfo-interval", "nan"], "not a number of seconds"),
+        (["--guestinfo-interval", "-1"], "not a number of seconds"),
+        (["--guestinfo-interval", "inf"], "not a number of seconds"),
     ],
 )
 def test_twistd_options_refused(argv: list[str], said: str) -> None:

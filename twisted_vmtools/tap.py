@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -153,8 +154,8 @@ def guest_info_interval(value: object, conf: ToolsConf | None = None) -> float |
         interval = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise usage.UsageError("--guestinfo-interval must be a number of seconds") from None
-    if interval < 0:
-        raise usage.UsageError("--guestinfo-interval must not be negative")
+    if not math.isfinite(interval) or interval < 0:
+        raise usage.UsageError(f"--guestinfo-interval {value!r} is not a number of seconds, 0 or more")
     return interval or None
 
 
