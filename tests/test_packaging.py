@@ -60,6 +60,7 @@ def test_the_readmes_editable_install_keeps_the_twistd_plugin_visible(tmp_path: 
             shutil.copytree(REPO / name, source / name, ignore=built)
         else:
             shutil.copy2(REPO / name, source / name)
+    pytest.importorskip("ensurepip", reason="this Python makes no venv with pip (Debian: apt-get install python3-venv)")
     venv.create(tmp_path / "venv", with_pip=True)  # without this machine's site-packages: nothing leaks in
     python = tmp_path / "venv" / "bin" / "python"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
