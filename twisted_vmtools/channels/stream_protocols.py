@@ -11,14 +11,14 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
+from ..codecs.datamap import MALFORMED_PACKET, PacketType, VsockPacket, VsockPacketError
 from ..codecs.stream import StreamKind
 from ..codecs.tclo import ERROR_PREFIX
 from ..framing import PacketProtocol
 from .interfaces import ChannelError, ITCLOHandler
 
 HEARTBEAT_INTERVAL = 1.0
-MALFORMED_REPLY = b"ERROR malformed packet"
+MALFORMED_REPLY = ERROR_PREFIX + MALFORMED_PACKET
 
 
 class GuestTCLOProtocol(PacketProtocol):

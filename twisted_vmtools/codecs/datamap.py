@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from .errors import CodecError
 
 MAX_PACKET = 1 << 20  # far above any RPC; bounds what a peer can make us buffer
+# Why a reply is an error when the packet it answers could not be read (docs/stream-transport.md):
+# the VMX answers `0 malformed packet` (RPCI), the guest `ERROR malformed packet` (TCLO).
+MALFORMED_PACKET = b"malformed packet"
 
 
 class VsockPacketError(CodecError):

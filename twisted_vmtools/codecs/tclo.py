@@ -28,6 +28,7 @@ RESET_REPLY_PREFIX = b"ATR "  # "OK ATR <app name>": the guest's answer to reset
 VIX_RELAYED_COMMAND = b"Vix_1_Relayed_Command"
 VIX_GET_TOOLS_PROPERTIES = b"Vix_1_Get_ToolsProperties"
 HGFS_COMMAND = b"f"  # ``f <HGFS request packet>``
+HGFS_PREFIX = HGFS_COMMAND + b" "
 HGFS_CAPABILITY = b"tools.capability.hgfs_server toolbox 1"  # the VMX may send `f` packets
 
 

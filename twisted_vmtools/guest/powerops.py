@@ -36,6 +36,7 @@ from ..codecs.powerops import (
     PowerState,
     StateChangeStatus,
 )
+from ..codecs.rpci import LOG
 from ..codecs.tclo import SET_OPTION, parse_option
 from ..protocols.rpci import RPCI
 from ..protocols.tclo import TCLODispatcher, TCLOHandlerError
@@ -149,7 +150,7 @@ class PowerOps(Service):
                 self.log.failure("shutting down for {state} failed", state=state.name)
 
     async def _log(self, message: str) -> None:
-        await self._send(b"log " + message.encode("utf-8") + b"\0")
+        await self._send(LOG + b" " + message.encode("utf-8") + b"\0")
 
     async def _send(self, request: bytes) -> None:
         try:

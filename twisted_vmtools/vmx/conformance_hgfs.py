@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..codecs import hgfs
 from ..codecs.hgfs import FileNameV3, Header, Op, OpenFlags, OpenMode, Status
+from ..codecs.tclo import HGFS_COMMAND, HGFS_PREFIX, OK_PREFIX
 
 HELLO = b"hello world"
 
@@ -146,10 +147,11 @@ async def run_steps(send: Callable[[bytes], Awaitable[bytes]], root: str) -> dic
     for step in STEPS:
         packets = step.request(ctx)
         if isinstance(packets, list):
-            shown = [summary(step, await _send(send, b"f " + packet))[0] for packet in packets]
+            shown = [summary(step, await _send(send, HGFS_PREFIX + packet))[0] for packet in packets]
             results[step.name] = "; ".join(sorted(shown))
             continue
-        text, message = summary(step, await _send(send, b"f" if packets is None else b"f " + packets))
+        command = HGFS_COMMAND if packets is None else HGFS_PREFIX + packets
+        text, message = summary(step, await _send(send, command))
         results[step.name] = text
         if message is not None:
             step.after(ctx, message)
@@ -165,9 +167,9 @@ async def _send(send: Callable[[bytes], Awaitable[bytes]], command: bytes) -> by
 
 def summary(step: Step, reply: bytes) -> tuple[str, object | None]:
     """What is compared of a reply; and the decoded reply, for the step's ``after``."""
-    if not reply.startswith(b"OK "):
+    if not reply.startswith(OK_PREFIX):
         return repr(reply.decode("utf-8", "replace")), None
-    packet = reply[3:]
+    packet = reply[len(OK_PREFIX) :]
     try:
         head, body = hgfs.decode_reply_header(packet, step.op)
     except hgfs.HGFSError:

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from ..archive import ArchiveError, extract, tar_stream
 from ..codecs import hgfs
 from ..codecs.hgfs import Data, FileType, Status
+from ..codecs.tclo import HGFS_PREFIX, OK_PREFIX
 from .control import ControlClient, SendTCLO
 from .hgfs_client import HGFSClient, HGFSClientError
 
@@ -58,7 +59,8 @@ def hgfs_client(control: ControlClient, **options: Any) -> HGFSClient:
     """An HGFS client whose packets ride TCLO ``f`` commands through the simulator."""
 
     def send(packet: bytes) -> Deferred[Data]:
-        sent: Deferred[dict[str, Any]] = control.callRemote(SendTCLO, command=b"f " + packet, timeout=TRANSFER_TIMEOUT)
+        command = HGFS_PREFIX + packet
+        sent: Deferred[dict[str, Any]] = control.callRemote(SendTCLO, command=command, timeout=TRANSFER_TIMEOUT)
         return sent.addCallbacks(_hgfs_reply, _transport_failed)
 
     return HGFSClient(send, **options)
@@ -73,9 +75,9 @@ def _transport_failed(failure: Any) -> bytes:
 
 def _hgfs_reply(result: dict[str, Any]) -> Data:
     reply: bytes = result["reply"]
-    if not reply.startswith(b"OK "):
+    if not reply.startswith(OK_PREFIX):
         raise HGFSClientError(0, Status.TRANSPORT_ERROR, reply[:200].decode("utf-8", "replace"))
-    return memoryview(reply)[3:]  # a view: the client copies the file data out once
+    return memoryview(reply)[len(OK_PREFIX) :]  # a view: the client copies the file data out once
 
 
 class _Progress:

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 
 from ..codecs import hgfs
 from ..codecs.hgfs import AttrV2, FileNameV3, Header, Op, OpenFlags, OpenMode, Status
-from ..codecs.tclo import OK_PREFIX, TCLOError, parse_reply
+from ..codecs.tclo import HGFS_PREFIX, OK_PREFIX, TCLOError, parse_reply
 
 Sender = Callable[[bytes], "Deferred[hgfs.Data]"]
 DEFAULT_PIPELINE = 4
@@ -40,7 +40,7 @@ def tclo_sender(send_tclo: Callable[[bytes], Deferred[bytes]]) -> Sender:
     """Carry packets in ``f `` TCLO commands; ``send_tclo`` is e.g. ``VMX.send``."""
 
     def send(packet: bytes) -> Deferred[hgfs.Data]:
-        return send_tclo(b"f " + packet).addCallback(_unwrap)
+        return send_tclo(HGFS_PREFIX + packet).addCallback(_unwrap)
 
     return send
 

@@ -15,10 +15,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..codecs.datamap import MALFORMED_PACKET as MALFORMED
 from ..codecs.datamap import PacketType, VsockPacket, VsockPacketError
 from ..codecs.message import MAX_MESSAGE
 from ..codecs.rpci import RPCIReply
 from ..codecs.stream import PREAMBLE_SIZE, StreamKind, StreamPreambleError, parse_preamble
+from ..codecs.tclo import ERROR_PREFIX
 from ..framing import PacketProtocol
 from .access import (
     ACCEPTED,
@@ -39,7 +41,6 @@ from .model import VMX
 from .ratelimit import RateLimitedLog
 from .tclo_queue import ITCLOPusher
 
-MALFORMED = b"malformed packet"
 # What a peer's bytes make the VMX say (malformed packets, refusals) is rate limited: a peer
 # that loops on bad input must not fill the log.  It is used where a Logger's warn would be.
 PEER_LOG = RateLimitedLog(Logger(namespace="twisted_vmtools.vmx.stream"))
@@ -152,7 +153,7 @@ class VMXTCLOProtocol(PacketProtocol):
         super().badPacket(error)
         if self.attached:
             # The guest answered, if unreadably: settle the command so the queue moves on.
-            self._reply(b"ERROR " + MALFORMED)
+            self._reply(ERROR_PREFIX + MALFORMED)
 
     def _reply(self, data: bytes) -> None:
         if not self.vmx.tclo_reply(data, self.name):
