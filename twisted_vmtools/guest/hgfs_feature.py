@@ -14,13 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..codecs.tclo import HGFS_CAPABILITY, HGFS_COMMAND
 from ..protocols.rpci import RPCI
-from ..protocols.tclo import TCLODispatcher
+from ..protocols.tclo import HandlerResult, TCLODispatcher
 from .feature import IGuestFeature
 from .hgfs_files import UploadJournal
 
@@ -73,7 +72,7 @@ class HGFSFeature(Service):
             self.log.info("removed {temp}, an upload cut off by the last stop", temp=temp)
         dispatcher.register(HGFS_COMMAND, self._command)
 
-    def _command(self, args: bytes) -> bytes | Deferred[bytes]:
+    def _command(self, args: bytes) -> HandlerResult:
         return self.server.command(args)
 
     def stopService(self) -> None:  # type: ignore[override]
