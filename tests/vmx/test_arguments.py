@@ -13,6 +13,7 @@ from twisted_vmtools.vmx.cli import build_parser
     ["tclo", "--timeout", "inf", "ping"], ["serve", "--ping-interval", "0"], ["run", "--timeout", "-1", "--", "true"],
     ["log", "--last", "-5"], ["log", "--last", "x"], ["power", "shutdown", "--timeout", "nan"],
     ["guest", "http", "--timeout", "0", "GET", "http://127.0.0.1/"],
+    ["guestinfo", "get", "ip"], ["guestinfo", "set", "guestinfo.", "x"],  # not a guestinfo key
 ])
 def test_bad_numbers_exit_2_with_a_sentence(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

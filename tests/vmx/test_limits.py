@@ -41,6 +41,15 @@ def test_the_largest_value_is_what_a_guest_can_read_back() -> None:
     assert harness.vmx.guestinfo["guestinfo.large"] == largest  # the old value is kept
 
 
+def test_the_store_keeps_guestinfo_keys_only() -> None:
+    store = GuestInfoStore()
+    for key in ("ip", "guestinfo.", "guestinfo", "Guestinfo.x"):
+        with pytest.raises(GuestInfoRefused, match="a guestinfo key is guestinfo.NAME"):
+            store[key] = b"v"
+    store["guestinfo.x"] = b"v"
+    assert list(store) == ["guestinfo.x"]
+
+
 def test_the_guestinfo_store_is_capped_in_total() -> None:
     store = GuestInfoStore(total_limit=10_000)
     for index in range(1000):

@@ -24,6 +24,7 @@ UNMANAGED_VERSION = 2147483647  # tools.set.version's "not managed by the VMX" (
 SET_INFO_SIZE_LIMIT = 1 << 20  # a VMX's tools.setInfo.sizeLimit: 1 MB per guest-set value
 # The largest guestinfo value a guest can read back: ``1 <value>`` must fit one stream packet.
 MAX_GUESTINFO_VALUE = min(SET_INFO_SIZE_LIMIT, MAX_PAYLOAD - len(SUCCESS_PREFIX))
+GUESTINFO_PREFIX = b"guestinfo."  # every key of the store info-set and info-get reach
 
 
 class RPCIFormatError(CodecError):

@@ -37,7 +37,7 @@ from .guest_cli import add_guest_parser, run_guest
 from .model import RPCRecord
 from .power_cli import add_power_parser, run_power
 from .rpc_text import record_line
-from .stores import GuestInfoRefused
+from .stores import GuestInfoRefused, check_guestinfo_key
 
 PROG = "vmtools-sim"
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     guestinfo = with_socket(sub.add_parser("guestinfo", help="read or write the guestinfo store"))
     guestinfo.add_argument("action", choices=["get", "set"])
-    guestinfo.add_argument("key")
+    guestinfo.add_argument("key", type=_guestinfo_key, help="guestinfo.NAME")
     guestinfo.add_argument("value", nargs="?")
 
     rpclog = with_socket(sub.add_parser("log", help="the last RPCs the VMX saw, both directions"))
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=seconds, help="end the program (SIGTERM, then SIGKILL) after this many seconds")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     return parser
+
+
+def _guestinfo_key(text: str) -> str:
+    try:
+        return check_guestinfo_key(text)
+    except GuestInfoRefused as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _program(args: argparse.Namespace) -> list[str]:

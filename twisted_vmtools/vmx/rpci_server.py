@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from ..codecs import diskinfo, powerops, rpci
 from ..codecs.guestinfo import COMMAND as SET_GUEST_INFO
 from ..codecs.guestinfo import GuestInfoError, parse_arguments
-from ..codecs.rpci import UNKNOWN_COMMAND, RPCIFormatError, RPCIReply, parse_request
+from ..codecs.rpci import GUESTINFO_PREFIX, UNKNOWN_COMMAND, RPCIFormatError, RPCIReply, parse_request
 from .guestinfo_view import BadReport, check_disk_report, check_report
 from .ratelimit import RateLimitedLog
 from .stores import GuestInfoRefused, ToolsLog, guestinfo_key
@@ -115,7 +115,7 @@ class RPCIServer:
 
     def _info_set(self, args: bytes) -> RPCIReply:
         key, sep, value = args.partition(b" ")
-        if not key.startswith(b"guestinfo.") or not sep:
+        if not key.startswith(GUESTINFO_PREFIX) or not sep:
             return RPCIReply(False, b"Invalid key")
         try:
             self.guestinfo[guestinfo_key(key)] = value

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
-from ..codecs.rpci import MAX_GUESTINFO_VALUE
+from ..codecs.rpci import GUESTINFO_PREFIX, MAX_GUESTINFO_VALUE
 
 GUESTINFO_TOTAL_LIMIT = 16 << 20  # all keys and values together
 GUESTINFO_KEY_LIMIT = 1024
@@ -41,6 +41,16 @@ def guestinfo_key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
+def check_guestinfo_key(key: str) -> str:
+    """``key`` if it names a guestinfo value (``guestinfo.NAME``, what info-set and info-get reach),
+    else `GuestInfoRefused`: a key the guest can never read is a mistake, not a value to keep."""
+    raw = guestinfo_key_bytes(key)
+    if not raw.startswith(GUESTINFO_PREFIX) or raw == GUESTINFO_PREFIX:
+        shown = raw.decode("utf-8", "backslashreplace")[:80]
+        raise GuestInfoRefused(f"a guestinfo key is guestinfo.NAME, not {shown!r}")
+    return key
+
+
 class GuestInfoRefused(ValueError):
     """A guestinfo key or value over the caps: refused, the store unchanged."""
 
@@ -67,7 +77,7 @@ class GuestInfoStore(MutableMapping[str, bytes]):
     def __setitem__(self, key: str, value: bytes) -> None:
         if not isinstance(value, bytes):
             raise TypeError(f"guestinfo values are bytes, not {type(value).__name__}")
-        size = len(guestinfo_key_bytes(key))
+        size = len(guestinfo_key_bytes(check_guestinfo_key(key)))
         if size > GUESTINFO_KEY_LIMIT:
             raise GuestInfoRefused(f"guestinfo key of {size} bytes exceeds {GUESTINFO_KEY_LIMIT}")
         if len(value) > self.value_limit:
