@@ -17,6 +17,7 @@ from .guest.feature import IGuestFeature, check_features, send_quietly
 from .guest.guestinfo import DEFAULT_INTERVAL, GuestInfo
 from .guest.hgfs_feature import HGFSFeature
 from .guest.hgfs_files import UploadJournal
+from .guest.hgfs_users_feature import UserHGFSFeature
 from .guest.netinfo import primary_ip as default_primary_ip
 from .guest.power_handlers import CommandPowerHandler, ProcessRunner, script_paths
 from .guest.powerops import IPowerHandler, PowerOps
@@ -62,7 +63,10 @@ def default_features(
     features.append(vix)
     # Both build their servers on first use (see guest/hgfs_feature.py): an idle guest loads neither.
     handlers = lambda: default_file_handlers(reactor, vix.processes)  # noqa: E731
-    features.append(HGFSFeature(reactor, handlers=handlers, journal=journal))
+    hgfs = HGFSFeature(reactor, handlers=handlers, journal=journal)
+    features.append(hgfs)
+    # The VMX's transfer packets (Vix HGFS_SEND_PACKET), each performed as the account that logged in.
+    features.append(UserHGFSFeature(reactor, hgfs=hgfs, vix=vix))
     return features
 
 

@@ -17,6 +17,7 @@ from twisted_vmtools.guest.core import CoreFeature
 from twisted_vmtools.guest.feature import IGuestFeature
 from twisted_vmtools.guest.guestinfo import GuestInfo
 from twisted_vmtools.guest.hgfs_feature import HGFSFeature
+from twisted_vmtools.guest.hgfs_users_feature import UserHGFSFeature
 from twisted_vmtools.guest.powerops import PowerOps
 from twisted_vmtools.guest.vix_feature import VixFeature
 from twisted_vmtools.protocols.rpci import RPCI
@@ -66,7 +67,8 @@ def test_the_documented_example_feature_plugs_in() -> None:
 def test_the_features_are_child_services_started_after_the_channel() -> None:
     harness = Harness()
     service = harness.service
-    assert [type(f) for f in service.features] == [CoreFeature, GuestInfo, PowerOps, VixFeature, HGFSFeature]
+    assert [type(f) for f in service.features] == [CoreFeature, GuestInfo, PowerOps, VixFeature, HGFSFeature,
+                                                     UserHGFSFeature]
     assert all(verifyObject(IGuestFeature, f) for f in service.features)
     assert list(service) == list(service.features)
     assert service.feature(GuestInfo) is service.guest_info

@@ -188,7 +188,7 @@ def test_binary_replies_for_binary_requests() -> None:
     request = vix.Request(op=Op.HGFS_SEND_PACKET, body=struct.pack("<Ii", 0, 0), credential=LOGIN.encode(),
                           credential_type=LOGIN.type, common_flags=vix.CommonFlags.REQUEST | 0x80)
     reply = result_of(server.relayed_command(vix.relayed_command(request.encode()).split(b" ", 1)[1]))
-    assert reply == b"0 0 \x00\x01raw"
+    assert reply == b"0 0 #\x00\x01raw"  # foundryToolsDaemon.c: '#' ends the text of a binary reply
 
 
 def login_code(d: Deferred[GuestUser]) -> int:

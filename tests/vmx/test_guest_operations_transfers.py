@@ -14,8 +14,9 @@ from tests.support import Harness, failure_of, result_of
 from tests.vmx.test_guest_operations import LOGIN, OnePassword
 from twisted_vmtools.guest.core import CoreFeature
 from twisted_vmtools.guest.fileops_runner import InlineRunner
+from twisted_vmtools.guest.hgfs_feature import HGFSFeature
 from twisted_vmtools.guest.hgfs_files import UploadJournal
-from twisted_vmtools.guest.hgfs_server import HGFSServer
+from twisted_vmtools.guest.hgfs_users_feature import UserHGFSFeature
 from twisted_vmtools.guest.processes import ProcessManager
 from twisted_vmtools.guest.vix_feature import VixFeature
 from twisted_vmtools.service import default_file_handlers
@@ -27,9 +28,10 @@ class Guest:
         def features(clock: Clock) -> list[Any]:
             self.vix = VixFeature(clock, authenticator=OnePassword(), files=InlineRunner(),
                                   processes=ProcessManager(clock, now=clock.seconds))
-            hgfs = HGFSServer(clock, handlers=default_file_handlers(clock, self.vix.processes),
-                              journal=UploadJournal(journal))
-            return [CoreFeature(primary_ip=lambda: None), self.vix, hgfs]
+            hgfs = HGFSFeature(clock, handlers=lambda: default_file_handlers(clock, self.vix.processes),
+                               journal=UploadJournal(journal))
+            users = UserHGFSFeature(clock, hgfs=hgfs, vix=self.vix)
+            return [CoreFeature(primary_ip=lambda: None), self.vix, hgfs, users]
 
         self.harness = Harness(features=features)
         self.harness.start()

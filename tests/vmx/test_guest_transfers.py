@@ -14,6 +14,7 @@ from tests.test_archive import make_tree, snapshot
 from tests.test_end_to_end import REPO, SIM, TWISTD, running, start_simulator, stop, wait_for
 
 pytestmark = pytest.mark.slow
+LOGIN = "anyone:anything"  # the guests accept any login (--auth none) and act as the user running the tests
 
 @pytest.fixture(scope="module")
 def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -24,7 +25,7 @@ def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with open(base / "guest.log", "wb") as out:
         guest = subprocess.Popen(
             [*TWISTD, "vmtools", "--transport", f"unix:{socket_path}", "--guestinfo-interval", "0",
-             "--transfer-state", str(base / "state")],
+             "--transfer-state", str(base / "state"), "--auth", "none"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
         )
     try:
@@ -38,7 +39,7 @@ def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def guest(
     socket_path: Path, verb: str, *args: str, check: bool = True, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*SIM, "guest", verb, "--socket", str(socket_path), *args],
+    return subprocess.run([*SIM, "guest", verb, "--socket", str(socket_path), "-l", LOGIN, *args],
                           capture_output=True, timeout=300, check=check, cwd=REPO, input=stdin)
 
 
@@ -70,7 +71,8 @@ def test_overwrite_needs_force(vmx: Path, tmp_path: Path) -> None:
     (tmp_path / "new").write_bytes(b"new")
     (tmp_path / "old").write_bytes(b"old")
     refused = guest(vmx, "upload", str(tmp_path / "new"), str(tmp_path / "old"), check=False)
-    assert refused.returncode == 1 and b"FILE_EXISTS" in refused.stderr
+    assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1
+    assert b"exists in the guest (-f to overwrite)" in refused.stderr
     assert (tmp_path / "old").read_bytes() == b"old"
     guest(vmx, "upload", "-f", str(tmp_path / "new"), str(tmp_path / "old"))
     assert (tmp_path / "old").read_bytes() == b"new"
@@ -104,7 +106,7 @@ def test_upload_cut_off_by_a_crash_leaves_the_old_file_and_no_temporary(tmp_path
         with open(tmp_path / "guest.log", "ab") as out:
             return subprocess.Popen(
                 [*TWISTD, "vmtools", "--transport", f"unix:{socket_path}", "--guestinfo-interval", "0",
-                 "--transfer-state", str(state)],
+                 "--transfer-state", str(state), "--auth", "none"],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )
 
@@ -115,8 +117,9 @@ def test_upload_cut_off_by_a_crash_leaves_the_old_file_and_no_temporary(tmp_path
     guest_process = start_guest()
     try:
         wait_for(lambda: running(socket_path), "the guest tools running")
-        upload = subprocess.Popen([*SIM, "guest", "upload", "--socket", str(socket_path), "-f", str(source),
-                                   str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+        upload = subprocess.Popen([*SIM, "guest", "upload", "--socket", str(socket_path), "-l", LOGIN, "-f",
+                                   str(source), str(target)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
         wait_for(lambda: temporaries() and temporaries()[0].stat().st_size > (8 << 20), "the upload under way")
         guest_process.kill()
         guest_process.wait()

@@ -38,6 +38,7 @@ MAX_REQUEST = 65536  # VIX_COMMAND_MAX_REQUEST_SIZE: what a guest accepts
 MAX_MESSAGE = 16 * 1024 * 1024  # VixMsg_ValidateMessage's ceiling
 # The guest answers in one TCLO reply: GUESTMSG_MAX_IN_SIZE (64 KiB) less the "OK <err> <err> " prefix.
 MAX_RESULT = 65536 - 64
+BINARY_MARK = b"#"  # foundryToolsDaemon.c: ends the text part of a binary reply to a relayed command
 
 
 class CommonFlags(enum.IntFlag):
@@ -755,10 +756,35 @@ class TransferToGuest(Body):
         return cls(path, bool(overwrite), options)
 
 
+@dataclass(frozen=True)
+class HgfsPacket(Body):
+    """VMXI_HGFS_SEND_PACKET: one HGFS request for the guest's HGFS server, performed as the login.
+
+    This is how the VMX moves a transfer's bytes (vixTools.c
+    ``VixToolsProcessHgfsPacket``); the reply is the HGFS reply packet, binary.
+    Bytes after the packet are ignored, as vmtoolsd ignores them.
+    """
+
+    OPS = (Op.HGFS_SEND_PACKET,)
+    FIXED = struct.Struct("<Ii")
+    packet: bytes
+    timeout: int = 0
+
+    def encode(self) -> bytes:
+        return self.FIXED.pack(len(self.packet), self.timeout) + self.packet
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        (size, timeout), reader = cls._fixed(data)
+        if size == 0:
+            raise VixCodecError("an HGFS request without a packet", VixCode.FAIL)  # vmtoolsd: VIX_E_FAIL
+        return cls(reader.take(size), timeout)
+
+
 BODIES: dict[int, type[Body]] = {
     op: body
     for body in (NoBody, ListFiles, PathRequest, SimpleFile, Move, CreateTemporary, SetAttributes, StartProgram,
-                 ListProcesses, KillProcess, ReadEnvironment, TransferToGuest)
+                 ListProcesses, KillProcess, ReadEnvironment, TransferToGuest, HgfsPacket)
     for op in body.OPS
 }
 
@@ -775,11 +801,14 @@ def decode_body(op: int, data: bytes) -> Body:
 
 
 def build_request(op: Op, body: Body, credentials: Credentials | None = None, *, cookie: int = 0) -> Request:
-    """A request as the VMX relays it to a guest."""
+    """A request as the VMX relays it to a guest (an HGFS packet asks for a binary reply)."""
+    flags = CommonFlags.REQUEST
+    if isinstance(body, HgfsPacket):
+        flags |= CommonFlags.GUEST_RETURNS_BINARY
     if credentials is None:
-        return Request(op=op, body=body.encode(), cookie=cookie)
+        return Request(op=op, body=body.encode(), cookie=cookie, common_flags=flags)
     return Request(op=op, body=body.encode(), credential=credentials.encode(), credential_type=credentials.type,
-                   cookie=cookie)
+                   cookie=cookie, common_flags=flags)
 
 
 # -- replies --------------------------------------------------------------------------------------
@@ -793,11 +822,12 @@ class Reply:
     additional_error: int = 0
     result: bytes = b""
     binary: bool = False
+    marked: bool = False  # a binary result behind BINARY_MARK, as vmtoolsd answers a relayed binary request
 
     def encode(self) -> bytes:
         head = b"%d %d " % (self.error, self.additional_error)
         if self.binary:
-            return head + self.result
+            return head + BINARY_MARK + self.result if self.marked else head + self.result
         if b"\0" in self.result:
             raise VixCodecError("a string result cannot contain NUL", VixCode.FAIL)
         return head + self.result + b"\0"  # vmtoolsd counts the NUL in the reply's length
@@ -810,15 +840,21 @@ class Reply:
 _REPLY = re.compile(rb"(-?\d+) (-?\d+) ")
 
 
-def decode_reply(body: bytes, *, binary: bool = False) -> Reply:
-    """The Vix part of an ``OK …`` TCLO reply (the ``OK `` already removed)."""
+def decode_reply(body: bytes, *, binary: bool = False, marked: bool = False) -> Reply:
+    """The Vix part of an ``OK …`` TCLO reply (the ``OK `` already removed).
+
+    ``marked``: a binary reply to a relayed command, whose result follows a ``#``.
+    """
     match = _REPLY.match(body)
     if match is None:
         raise VixCodecError(f"not a Vix reply: {body[:40]!r}", VixCode.FAIL)
-    result = body[match.end() :]
+    start = match.end()
+    if binary and marked and body[start : start + 1] == BINARY_MARK:
+        start += 1
+    result = body[start:]
     if not binary:
         result = result.split(b"\0", 1)[0]
-    return Reply(int(match.group(1)), int(match.group(2)), result, binary)
+    return Reply(int(match.group(1)), int(match.group(2)), result, binary, marked and binary)
 
 
 # -- XML results ------------------------------------------------------------------------------------

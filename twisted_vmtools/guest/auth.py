@@ -10,6 +10,8 @@ is held back its logins fail at once, without asking PAM.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -79,6 +81,48 @@ class LoginThrottle:
 
     def succeeded(self, name: str) -> None:
         self._failures.pop(name, None)
+
+
+@dataclass
+class RecentLogins:
+    """Logins that succeeded lately, so that each packet of a transfer is not a PAM conversation.
+
+    vmtoolsd checks the password of every HGFS packet; a PAM check costs a
+    password hash (milliseconds), and a 1 GiB transfer is ~17,000 packets.
+    An entry is the name and a keyed hash of the password (never the password
+    itself), valid ``keep`` seconds after its last use and ``max_age`` after
+    the check that made it; another password for the name is a miss.
+    """
+
+    now: Callable[[], float]
+    keep: float = 30.0
+    max_age: float = 300.0
+    max_entries: int = 256
+    _key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _entries: dict[tuple[str, bytes], tuple[GuestUser, float, float]] = field(default_factory=dict)
+
+    def _id(self, credentials: Credentials) -> tuple[str, bytes]:
+        digest = hashlib.blake2b(credentials.password.encode("utf-8"), key=self._key, digest_size=32).digest()
+        return credentials.user, digest
+
+    def get(self, credentials: Credentials) -> GuestUser | None:
+        key = self._id(credentials)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        user, checked, used = entry
+        now = self.now()
+        if now - used > self.keep or now - checked > self.max_age:
+            del self._entries[key]
+            return None
+        self._entries[key] = (user, checked, now)
+        return user
+
+    def remember(self, credentials: Credentials, user: GuestUser) -> None:
+        now = self.now()
+        self._entries[self._id(credentials)] = (user, now, now)
+        while len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
 
 
 def pam_check(user: str, password: str, service: str = PAM_SERVICE) -> bool:

@@ -19,8 +19,11 @@ import stat
 import tempfile
 from collections.abc import Callable
 
+from ..archive import FORMATS
 from ..codecs import vix
+from ..codecs.hgfs import UNKNOWN_SIZE
 from ..codecs.vix import VixCode
+from .virtual_paths import ARCHIVE_SCHEME, split_query, split_scheme
 from .vix_errors import VixOperationError
 
 MAX_INT32 = 2**31 - 1
@@ -144,9 +147,55 @@ def _page(body: vix.ListFiles, names: list[str], single: bool, wanted: int, max_
     return vix.FileListing(tuple(infos), remaining, truncated)
 
 
+def _archive(path: str) -> tuple[str, dict[str, str]] | None:
+    """``/archive:/path[?format=…&prefix=…]``: the directory (or file) and the query; None for other paths."""
+    scheme, rest = split_scheme(path)
+    if scheme != ARCHIVE_SCHEME:
+        return None
+    bare, query = split_query(rest)
+    if query.get("format", "") not in FORMATS:
+        raise VixOperationError(VixCode.INVALID_ARG, f"archive format {query['format']!r} is not one of tar, tgz")
+    return bare, query
+
+
+def _archive_from_guest(path: str, bare: str) -> bytes:
+    """A tree read as an archive: it must exist and be readable (what the user cannot read is left out)."""
+    link = _lstat(bare)
+    if link is None:
+        raise _missing(bare)
+    wanted = os.R_OK | os.X_OK if stat.S_ISDIR(link.st_mode) else os.R_OK
+    if not os.access(bare, wanted):
+        raise VixOperationError(VixCode.FILE_ACCESS_ERROR, f"{bare} is not readable", errno.EACCES)
+    # Its size is not known before it is made: the VMX reads until an empty read (as the Go toolbox reports).
+    info = vix.FileInfo(path, int(vix.FileType.FILE), UNKNOWN_SIZE, int(link.st_mtime), int(link.st_atime),
+                        link.st_uid, link.st_gid, stat.S_IFREG | 0o600)
+    return info.encode().encode("utf-8")
+
+
+def _archive_to_guest(bare: str, overwrite: bool) -> bytes:
+    """A tree unpacked into ``bare``: a directory (existing only with overwrite) or a new one in a writable parent."""
+    link = _lstat(bare)
+    if link is not None:
+        if not stat.S_ISDIR(link.st_mode):
+            raise VixOperationError(VixCode.NOT_A_DIRECTORY, f"{bare} is not a directory")
+        if not overwrite:
+            raise VixOperationError(VixCode.FILE_ALREADY_EXISTS, f"{bare} exists")
+        if not os.access(bare, os.W_OK | os.X_OK):
+            raise VixOperationError(VixCode.FILE_ACCESS_ERROR, f"cannot write into {bare}", errno.EACCES)
+        return b""
+    return _creatable(bare)
+
+
 def transfer_from_guest(body: vix.ListFiles) -> bytes:
-    """INITIATE_FILE_TRANSFER_FROM_GUEST: the file's ``<fxi>`` once it is known to be a readable regular file."""
+    """INITIATE_FILE_TRANSFER_FROM_GUEST: the file's ``<fxi>`` once it is known to be a readable regular file.
+
+    ``/archive:/path`` is a tree moved as a tar stream (a bare directory is
+    NotAFile, as vmtoolsd answers: the VMX names the archive explicitly).
+    """
     _require_path(body.path)
+    archive = _archive(body.path)
+    if archive is not None:
+        return _archive_from_guest(body.path, archive[0])
     link = _lstat(body.path)
     if link is not None and stat.S_ISLNK(link.st_mode):
         raise VixOperationError(VixCode.INVALID_ARG, f"{body.path} is a symbolic link")
@@ -165,6 +214,9 @@ def transfer_from_guest(body: vix.ListFiles) -> bytes:
 def transfer_to_guest(body: vix.TransferToGuest) -> bytes:
     """INITIATE_FILE_TRANSFER_TO_GUEST: check that the upload may write ``path`` (nothing is written)."""
     _require_path(body.path)
+    archive = _archive(body.path)
+    if archive is not None:
+        return _archive_to_guest(archive[0], body.overwrite)
     link = _lstat(body.path)
     if link is not None:
         if stat.S_ISLNK(link.st_mode):
@@ -176,7 +228,11 @@ def transfer_to_guest(body: vix.TransferToGuest) -> bytes:
         if not os.access(body.path, os.W_OK):
             raise VixOperationError(VixCode.FILE_ACCESS_ERROR, f"{body.path} is not writable", errno.EACCES)
         return b""
-    parent = os.path.dirname(body.path) or "."
+    return _creatable(body.path)
+
+
+def _creatable(path: str) -> bytes:
+    parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         raise VixOperationError(VixCode.FILE_NAME_INVALID, f"{parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):

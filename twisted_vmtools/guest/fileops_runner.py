@@ -85,11 +85,7 @@ class FileOperationRunner:
         while len(self._helpers) >= MAX_HELPERS:
             self._helpers.pop(min(self._helpers, key=lambda uid: self._helpers[uid].last_used)).leave()
         helper = _HelperProtocol(self.reactor, user, on_gone=self._gone)
-        argv = [sys.executable, "-S", "-m", HELPER, str(user.uid), str(user.gid), user.home]
-        argv += [str(g) for g in user.groups]
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(twisted_vmtools.__file__)))
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([package_root] + sys.path[1:]),
-               "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+        argv, env = helper_command(HELPER, user)
         self.reactor.spawnProcess(helper, sys.executable, argv, env=env, path="/")  # type: ignore[attr-defined]
         self._helpers[user.uid] = helper
         return helper
@@ -103,6 +99,20 @@ class FileOperationRunner:
         for helper in list(self._helpers.values()):
             helper.leave()
         self._helpers.clear()
+
+
+def helper_command(module: str, user: GuestUser) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of a helper ``module`` that becomes ``user`` (uid gid home groups…).
+
+    ``-S`` and an explicit PYTHONPATH: the helper starts fast and imports this
+    very package, not whatever a site directory would put first.
+    """
+    argv = [sys.executable, "-S", "-m", module, str(user.uid), str(user.gid), user.home]
+    argv += [str(g) for g in user.groups]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(twisted_vmtools.__file__)))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([package_root] + sys.path[1:]),
+           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+    return argv, env
 
 
 class _HelperProtocol(ProcessProtocol):

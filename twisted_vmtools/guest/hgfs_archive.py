@@ -26,8 +26,9 @@ from ..codecs.hgfs import AttrV2, FileType, OpenFlags, OpenMode, Status
 from .hgfs_files import IFileHandle
 from .hgfs_handlers import IFileHandler
 from .hgfs_server import StatusError
+from .virtual_paths import ARCHIVE_SCHEME
 
-SCHEME = "archive"
+SCHEME = ARCHIVE_SCHEME  # /archive:/path (virtual_paths declares it)
 PIPE_LIMIT = 4 * 1024 * 1024  # bytes waiting for the unpacking thread before writes wait too
 
 

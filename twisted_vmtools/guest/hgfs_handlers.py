@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from ..codecs.hgfs import AttrV2
 from .hgfs_files import IFileHandle
+from .virtual_paths import split_query, split_scheme
+
+__all__ = ["IFileHandler", "FileHandlerRegistry", "Resolved", "split_query"]
 
 
 class IFileHandler(Interface):
@@ -56,10 +58,10 @@ class FileHandlerRegistry:
 
     def resolve(self, path: str, *, opening: bool) -> Resolved | None:
         """The handler for ``path`` (a guest path, possibly with a ``?query``), or None for the file system."""
-        first, _, rest = path[1:].partition("/")
-        if first.endswith(":") and first[:-1] in self._handlers:
-            bare, query = split_query("/" + rest)
-            return Resolved(self._handlers[first[:-1]], bare, query)
+        scheme, rest = split_scheme(path)
+        if scheme is not None and scheme in self._handlers:
+            bare, query = split_query(rest)
+            return Resolved(self._handlers[scheme], bare, query)
         if os.path.lexists(path):
             bare, query = path, {}  # a real name with a '?' in it is just a name
         else:
@@ -68,11 +70,3 @@ class FileHandlerRegistry:
             if handler.claims(bare, query, opening):
                 return Resolved(handler, bare, query)
         return None
-
-
-def split_query(path: str) -> tuple[str, dict[str, str]]:
-    """``/srv/dir?format=tgz&prefix=a%2Fb`` → (``/srv/dir``, {format: tgz, prefix: a/b})."""
-    bare, mark, text = path.partition("?")
-    if not mark:
-        return path, {}
-    return bare, {key: values[-1] for key, values in parse_qs(text, keep_blank_values=True).items()}

@@ -138,6 +138,7 @@ class HGFSServer(Service):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_packet: int = hgfs.LARGE_PACKET_MAX,
         random_id: Callable[[], int] = lambda: secrets.randbits(63),
+        first_handle: int = 1,
     ) -> None:
         self.clock = clock
         self.handlers = handlers or FileHandlerRegistry()
@@ -148,7 +149,7 @@ class HGFSServer(Service):
         self.max_packet = max_packet
         self._random_id = random_id
         self.sessions: dict[int | None, Session] = {}
-        self._handles = count(1)
+        self._handles = count(first_handle)  # a per-user helper's server numbers its handles apart
         self._ops: dict[int, Callable[[Session, Any], object]] = {
             Op.CLOSE: self._close,
             Op.CLOSE_V3: self._close,
@@ -257,6 +258,21 @@ class HGFSServer(Service):
         reply = hgfs.CreateSessionReply(session_id, max_packet, hgfs.SESSION_MAXPACKETSIZE_VALID, capabilities)
         # The session does not exist yet when vmtoolsd answers: its reply header carries the invalid id.
         return hgfs.encode_reply(header, Status.SUCCESS, reply, session_id=hgfs.INVALID_SESSION_ID)
+
+    def adopt_session(self, session_id: int) -> Session:
+        """A session of this id, made here if missing: another server created it (a per-user helper's
+        session whose process streams are served here, see `hgfs_users`).  It expires as any other."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = self.sessions[session_id] = Session(session_id, self.max_packet)
+            self._touch(session)
+        return session
+
+    def close_session(self, session_id: int) -> None:
+        """End a session if it exists (its other half was destroyed); what it had open is cut off."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            self._drop(session)
 
     def _session(self, header: Header) -> Session:
         session = self.sessions.get(header.session_id)

@@ -12,7 +12,7 @@ the first use of ``processes``), not when the service is built.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
@@ -62,6 +62,7 @@ class VixFeature(Service):
         self._processes = processes
         self._files = files
         self._server: VixCommandServer | None = None
+        self._when_built: list[Callable[[VixCommandServer], object]] = []
 
     @property
     def processes(self) -> ProcessManager:
@@ -84,7 +85,17 @@ class VixFeature(Service):
                 files=self._files or FileOperationRunner(self.reactor),
                 disabled=self.disabled,
             )
+            for hook in self._when_built:
+                hook(self._server)
         return self._server
+
+    def when_built(self, hook: Callable[[VixCommandServer], object]) -> None:
+        """Call ``hook`` with the command server once it exists (at once if it does): another feature
+        adds its op there (`VixCommandServer.register_op`) without building it early."""
+        if self._server is not None:
+            hook(self._server)
+        else:
+            self._when_built.append(hook)
 
     def install(self, dispatcher: TCLODispatcher, rpci: RPCI | None = None) -> None:
         dispatcher.register(VIX_RELAYED_COMMAND, self._relayed_command)

@@ -25,7 +25,7 @@ from .. import __version__
 from ..codecs import vix
 from ..codecs.vix import Op, VixCode
 from .accounts import GuestUser
-from .auth import IAuthenticator
+from .auth import IAuthenticator, RecentLogins
 from .fileops_runner import IFileOperationRunner
 from .hgfs_proc import STREAM_PATH
 from .processes import ProcessManager, StartRequest
@@ -72,6 +72,9 @@ ENABLED_PROPERTIES: dict[int, int] = {
     vix.Property.GUEST_INITIATE_FILE_TRANSFER_TO_GUEST_ENABLED: Op.INITIATE_FILE_TRANSFER_TO_GUEST,
 }
 
+# Ops whose login may come from `RecentLogins`: a transfer's packets, each carrying the same login.
+RECHECKED_LATER = frozenset({Op.HGFS_SEND_PACKET})
+
 # An op another feature serves through this server (HGFS_SEND_PACKET: the file-transfer bytes).
 ExtraOp = Callable[[vix.Request, GuestUser], "bytes | Deferred[bytes]"]
 
@@ -108,6 +111,7 @@ class VixCommandServer:
         self.disabled = disabled
         self.max_result = max_result
         self.extra_ops: dict[int, ExtraOp] = {}
+        self.recent_logins = RecentLogins(now=reactor.seconds)  # type: ignore[attr-defined]
         self._listings: dict[int, _PagedListing] = {}
         self._next_key = 1
 
@@ -127,7 +131,7 @@ class VixCommandServer:
             _, raw = vix.split_relayed(args)
             request = vix.decode_request(raw)
             result = await self._perform(request)
-            return vix.Reply(VixCode.OK, 0, result, binary=request.binary_reply).encode()
+            return vix.Reply(VixCode.OK, 0, result, binary=request.binary_reply, marked=True).encode()
         except VixOperationError as error:
             code, errno = error.code, error.errno
             self.log.info("Vix op {op} failed: {error}", op=request and request.op, error=str(error))
@@ -137,7 +141,7 @@ class VixCommandServer:
         except Exception:
             self.log.failure("Vix op {op} failed unexpectedly", op=request and request.op)
             code, errno = VixCode.FAIL, 0
-        return vix.Reply(code, errno, b"", binary=bool(request and request.binary_reply)).encode()
+        return vix.Reply(code, errno, b"", binary=bool(request and request.binary_reply), marked=True).encode()
 
     def tools_properties(self, args: bytes) -> bytes:
         """``Vix_1_Get_ToolsProperties``: the base64 property list (no login needed)."""
@@ -172,7 +176,13 @@ class VixCommandServer:
 
     async def _login(self, request: vix.Request) -> GuestUser:
         credentials = vix.decode_credentials(request.credential_type, request.credential)
-        return await self.authenticator.authenticate(credentials)
+        if request.op not in RECHECKED_LATER:
+            return await self.authenticator.authenticate(credentials)
+        user = self.recent_logins.get(credentials)
+        if user is None:
+            user = await self.authenticator.authenticate(credentials)
+            self.recent_logins.remember(credentials, user)
+        return user
 
     def _process_stream(self, op: int, body: vix.Body, user: GuestUser) -> bytes | None:
         """A transfer of ``/proc/<pid>/stdin|stdout|stderr`` of a process we started with I/O (HGFS moves it).

@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from ..codecs import vix
+from ..codecs import hgfs, vix
+from ..codecs.hgfs import Status
 from ..codecs.vix import Credentials, FileInfo, Op, ProcessInfo
-from .hgfs_client import tclo_sender, with_session
-from .vix_client import GuestOperationError, Send, VixClient
+from .hgfs_client import HGFSClientError, Sender, with_session
+from .vix_client import TOOLS_NOT_RUNNING, GuestOperationError, Send, VixClient
 
 __all__ = [
     "IGuestOperations", "GuestOperations", "GuestOperationError", "ProgramSpec", "FileListing", "FileAttributes",
@@ -157,7 +159,16 @@ class GuestOperations:
 
     def __init__(self, send: Send) -> None:
         self.client = VixClient(send)
-        self.hgfs_send = tclo_sender(send)  # file bytes: HGFS packets in `f` commands, as ESXi moves them
+
+    def hgfs_sender(self, auth: Credentials) -> Sender:
+        """HGFS packets as the VMX sends a transfer's: Vix HGFS_SEND_PACKET commands carrying the login,
+        so that the guest performs each as that account (vixTools.c VixToolsProcessHgfsPacket)."""
+
+        def send(packet: bytes) -> Deferred[hgfs.Data]:
+            sent: Deferred[hgfs.Data] = self._call(Op.HGFS_SEND_PACKET, vix.HgfsPacket(packet), auth)  # type: ignore[assignment]
+            return sent.addErrback(_undelivered)
+
+        return send
 
     def _call(self, op: Op, body: vix.Body, auth: Credentials | None) -> Deferred[bytes]:
         return ensureDeferred(self.client.call(op, body, auth))
@@ -256,8 +267,11 @@ class GuestOperations:
         return ensureDeferred(self._download(auth, guest_file_path, write))
 
     async def _download(self, auth: Credentials, path: str, write: Callable[[bytes], object]) -> int:
-        await self.initiate_file_transfer_from_guest(auth, path)
-        return await with_session(self.hgfs_send, lambda client: client.download(path, write))  # type: ignore[no-any-return]
+        try:
+            await self.initiate_file_transfer_from_guest(auth, path)
+        except GuestOperationError as error:
+            path = await self._as_archive(error, path, lambda tree: self.initiate_file_transfer_from_guest(auth, tree))
+        return await with_session(self.hgfs_sender(auth), lambda client: client.download(path, write))  # type: ignore[no-any-return]
 
     def upload(self, auth: Credentials, guest_file_path: str, read: Callable[[int], bytes | Awaitable[bytes]],
                file_attributes: FileAttributes | None = None, overwrite: bool = False) -> Deferred[int]:
@@ -267,17 +281,46 @@ class GuestOperations:
     async def _upload(self, auth: Credentials, path: str, read: Callable[[int], bytes | Awaitable[bytes]],
                       attributes: FileAttributes, overwrite: bool) -> int:
         # vSphere gives the size first; a stream's is not known, and the guest's checks do not use it.
-        await self.initiate_file_transfer_to_guest(auth, path, attributes, 0, overwrite)
+        try:
+            await self.initiate_file_transfer_to_guest(auth, path, attributes, 0, overwrite)
+        except GuestOperationError as error:
+            path = await self._as_archive(
+                error, path, lambda tree: self.initiate_file_transfer_to_guest(auth, tree, attributes, 0, overwrite))
         count: int = await with_session(
-            self.hgfs_send, lambda client: client.upload(path, read, overwrite=overwrite, permissions=None))
+            self.hgfs_sender(auth), lambda client: client.upload(path, read, overwrite=overwrite, permissions=None))
         if attributes != FileAttributes():
-            await self.change_file_attributes(auth, path, attributes)
+            await self.change_file_attributes(auth, _real_path(path), attributes)
         return count
+
+    @staticmethod
+    async def _as_archive(error: GuestOperationError, path: str, check: Callable[[str], Awaitable[object]]) -> str:
+        """A directory moves as an archive: vmtoolsd's checks call it NotAFile, the guest's archive path takes it."""
+        if error.code != vix.VixCode.NOT_A_FILE or path.startswith(ARCHIVE_PREFIX):
+            raise error
+        tree = ARCHIVE_PREFIX + path
+        await check(tree)
+        return tree
 
     def tools_properties(self) -> Deferred[dict[int, vix.PropertyValue]]:
         """GET_TOOLS_STATE: the guest's property list (no login)."""
         reading = self._call(Op.GET_TOOLS_STATE, vix.NoBody(), None)
         return reading.addCallback(lambda result: vix.decode_properties(base64.b64decode(result)))
+
+
+def _undelivered(failure: Failure) -> Failure:
+    """A packet the guest never answered is the HGFS client's transport error (it then drops the session)."""
+    error = failure.value
+    if isinstance(error, GuestOperationError) and error.code == TOOLS_NOT_RUNNING:
+        return Failure(HGFSClientError(0, Status.TRANSPORT_ERROR, str(error)))
+    return failure
+
+
+ARCHIVE_PREFIX = "/archive:"  # the guest's virtual path for a tree moved as a tar stream
+
+
+def _real_path(path: str) -> str:
+    """The guest path an archive path (``/archive:/dir?format=tgz``) unpacks into."""
+    return path[len(ARCHIVE_PREFIX) :].partition("?")[0] if path.startswith(ARCHIVE_PREFIX) else path
 
 
 def _pid(result: bytes) -> int:

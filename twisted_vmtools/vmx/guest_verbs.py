@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import shlex
 import stat
 import sys
@@ -23,45 +22,21 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from ..codecs.vix import Credentials
 from ..exit_codes import UsageError
 from .arguments import positive_seconds
-from .control import ControlClient, SendTCLO
-from .guest_cli import VERBS, Verb, hgfs_client
-from .guest_operations import FileAttributes, GuestOperationError, GuestOperations, ProgramSpec
+from .control import ControlClient
+from .guest_cli import LOGIN_VARIABLE, VERBS, Verb, guest_operations, parse_login, with_login
+from .guest_operations import FileAttributes, GuestOperationError, ProgramSpec
+from .hgfs_client import with_session
 
-LOGIN_VARIABLE = "VMTOOLS_SIM_GUEST_LOGIN"
-VIX_TIMEOUT = 60.0  # per operation: a recursive delete of a large tree takes a while
 POLL_INTERVAL = 0.5  # how often `run` asks whether the program has ended (govc's interval)
 LIST_PAGE = 1000
 
 Run = Callable[[ControlClient, argparse.Namespace], Awaitable[int]]
 
 
-def guest_operations(control: ControlClient) -> GuestOperations:
-    def send(command: bytes) -> Deferred[bytes]:
-        sent: Deferred[dict[str, Any]] = control.callRemote(SendTCLO, command=command, timeout=VIX_TIMEOUT)
-        return sent.addCallback(lambda result: result["reply"])
-
-    return GuestOperations(send)
-
-
-def parse_login(value: str | None) -> Credentials:
-    if not value:
-        raise UsageError(f"guest: no guest login: -l user:password or ${LOGIN_VARIABLE}")
-    user, colon, password = value.partition(":")
-    if not colon or not user:
-        raise UsageError("guest: the login must be user:password")
-    return Credentials(user, password)
-
-
-def _with_login(arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:
-    def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-l", dest="login", default=os.environ.get(LOGIN_VARIABLE),
-                            help=f"guest login user:password (default: ${LOGIN_VARIABLE})")
-        arguments(parser)
-
-    return add
+_with_login = with_login
+__all__ = ["LOGIN_VARIABLE", "guest_operations", "parse_login", "VERBS"]
 
 
 def _reporting(name: str, run: Run) -> Run:
@@ -233,12 +208,7 @@ async def _touch(control: ControlClient, args: argparse.Namespace) -> int:
         if error.fault != "FileNotFound" or args.no_create:
             raise
         await ops.initiate_file_transfer_to_guest(login, args.path, FileAttributes(), 0)
-        client = hgfs_client(control)
-        await client.start()
-        try:
-            await client.upload(args.path, lambda count: b"", overwrite=False)
-        finally:
-            await client.stop()
+        await with_session(ops.hgfs_sender(login), lambda client: client.upload(args.path, lambda count: b""))
     attributes = FileAttributes(access_time=when) if args.access_only else FileAttributes(
         access_time=when, modification_time=when)
     await ops.change_file_attributes(login, args.path, attributes)
@@ -317,15 +287,9 @@ async def _run(control: ControlClient, args: argparse.Namespace) -> int:
             if proc is None or proc.end_time:
                 break
             await deferLater(reactor, POLL_INTERVAL)  # type: ignore[arg-type]
-        client = hgfs_client(control)
-        await client.start()
-        try:
-            await client.download(out, sys.stdout.buffer.write)
-            sys.stdout.buffer.flush()
-            await client.download(err, sys.stderr.buffer.write)
-            sys.stderr.buffer.flush()
-        finally:
-            await client.stop()
+        for path, stream in ((out, sys.stdout.buffer), (err, sys.stderr.buffer)):
+            await ops.download(login, path, stream.write)
+            stream.flush()
     finally:
         for path in (out, err):
             await ops.delete_file(login, path)

@@ -52,11 +52,14 @@ class VixClient:
         except Exception as error:
             raise GuestOperationError(TOOLS_NOT_RUNNING, f"the guest did not answer: {error}",
                                       fault="GuestOperationsUnavailable") from None
-        return decode_tclo_reply(reply)
+        return decode_tclo_reply(reply, binary=request.binary_reply)
 
 
-def decode_tclo_reply(reply: bytes) -> bytes:
-    """The result in a guest's TCLO answer to a Vix command, or the error it carries."""
+def decode_tclo_reply(reply: bytes, *, binary: bool = False) -> bytes:
+    """The result in a guest's TCLO answer to a Vix command, or the error it carries.
+
+    ``binary``: the request asked for a binary result (an HGFS packet), which follows a ``#``.
+    """
     if not reply.startswith(OK_PREFIX):
         text = reply.decode("utf-8", "replace")
         if reply.endswith(UNKNOWN_COMMAND):
@@ -64,7 +67,7 @@ def decode_tclo_reply(reply: bytes) -> bytes:
                                       fault="OperationNotSupportedByGuest")
         raise GuestOperationError(VixCode.FAIL, f"the guest refused the command: {text}")
     try:
-        decoded = vix.decode_reply(reply[len(OK_PREFIX) :])
+        decoded = vix.decode_reply(reply[len(OK_PREFIX) :], binary=binary, marked=binary)
     except vix.VixCodecError as error:
         raise GuestOperationError(VixCode.FAIL, str(error)) from None
     if not decoded.ok:
