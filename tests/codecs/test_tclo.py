@@ -69,3 +69,15 @@ def test_tclo_garbage_raises_only_tclo_error(data: bytes) -> None:
             parse(data)
         except tclo.TCLOError:
             pass
+
+
+@given(st.binary(max_size=40) | st.sampled_from([b"OK", b"ERROR", b"OK ", b"ERROR x", b"OKAY"]))
+@example(b"")
+def test_is_reply_agrees_with_parse_reply(data: bytes) -> None:
+    try:
+        tclo.parse_reply(data)
+        parses = True
+    except tclo.TCLOError:
+        parses = False
+    assert tclo.is_reply(data) is parses
+    assert tclo.is_reply(b"OK " + data) and tclo.is_reply(b"ERROR " + data)

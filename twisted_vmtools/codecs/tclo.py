@@ -82,6 +82,11 @@ def parse_option(args: bytes) -> tuple[bytes, bytes]:
     return name, value
 
 
+def is_reply(data: bytes) -> bool:
+    """Whether ``data`` parses as a reply (`parse_reply` would not raise), without copying its body."""
+    return data.startswith((OK_PREFIX, ERROR_PREFIX)) or data in (b"OK", b"ERROR")
+
+
 def parse_reply(data: bytes) -> TCLOReply:
     if data.startswith(OK_PREFIX):
         return TCLOReply(True, data[len(OK_PREFIX) :])
