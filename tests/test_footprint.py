@@ -136,3 +136,34 @@ def test_pyopenssl_is_kept_out_unless_tls_is_asked_for(tls: bool) -> None:
     else:
         assert loaded == "False False"  # neither loaded nor offered by the reactor
         assert "--tls" in refusal  # anything that tries is told why
+
+
+BACKDOOR_GUEST = """
+import json, sys
+from twisted_vmtools import tap
+
+options = tap.Options()
+options.parseOptions(sys.argv[1:])  # as twistd does: the options first, then the channel and the reactor
+from twisted.internet import reactor
+from twisted_vmtools.channels.detect import BackdoorInterface, Detection
+from twisted_vmtools.channels.select import make_channel
+
+# Detection and the backdoor itself are injected (this is no VMware VM); the rest is twistd's path.
+found = Detection(True, "a test", interface=BackdoorInterface.PORT)
+channel = make_channel("backdoor", reactor, detection=lambda: found, backdoor=lambda call: None)
+service = tap.tools_service(reactor, channel, options)
+print(json.dumps(sorted(name for name, module in sys.modules.items() if module is not None)))
+"""
+
+
+def test_a_guest_on_the_backdoor_loads_no_stream_or_vsock_channel(tmp_path: Path) -> None:
+    arguments = ["--transport", "backdoor", "--transfer-state", str(tmp_path / "state")]
+    probe = subprocess.run([sys.executable, "-c", BACKDOOR_GUEST, *arguments], capture_output=True, text=True,
+                           cwd=REPO, timeout=60, check=True)
+    loaded = json.loads(probe.stdout)
+    assert "twisted_vmtools.channels.backdoor" in loaded
+    others = ("twisted_vmtools.channels.stream", "twisted_vmtools.channels.vsock", "twisted_vmtools.channels.auto",
+              "twisted.internet.endpoints", "twisted.application.internet")
+    on_the_backdoor = tuple(n for n in NEVER_IDLE if n not in ("twisted_vmtools.channels.backdoor",
+                                                               "twisted_vmtools.codecs.message"))
+    assert heavy(loaded, others + on_the_backdoor + NOT_BEFORE_FIRST_REPORT) == []
