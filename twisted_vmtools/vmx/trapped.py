@@ -131,9 +131,9 @@ def twistd_vmtools(*options: str, logfile: str = os.devnull, twistd_options: Seq
 
 async def until_running(reactor: Any, vmx: VMX, timeout: float = 30.0) -> None:
     """Wait until ``vmx`` sees tools running (they answered reset and Capabilities_Register)."""
-    deadline = time.monotonic() + timeout
+    deadline = reactor.seconds() + timeout
     while not vmx.running:
-        if time.monotonic() > deadline:
+        if reactor.seconds() > deadline:
             raise TimeoutError(f"the guest tools did not answer the VMX within {timeout:g} s")
         await deferLater(reactor, 0.02, lambda: None)
 
