@@ -116,6 +116,8 @@ def test_client_strings_mean_what_clientFromString_means(  # noqa: N802
         ("tcp:8000", "names only a port"),
         ("tcp:[::1]:80", "host=\\\\:\\\\:1"),
         ("unix:/run/x.sock:mode=600", "not mode="),
+        ("tcp:host=a:port=1:interface=b", "not interface="),
+        ("port=1:host=a", "names no endpoint type: expected a socket path, unix:PATH, unix:path=PATH, tcp:HOST:PORT"),
     ],
 )
 def test_client_mistakes_are_one_sentence(text: str, said: str) -> None:
@@ -150,6 +152,8 @@ def test_client_endpoints_of_other_types_fail_in_a_sentence() -> None:
     with pytest.raises(EndpointStringError, match="vsock") as vsock:
         client_endpoint(reactor, "vsock:1:2")
     _one_sentence(vsock.value)
+    with pytest.raises(EndpointStringError, match="Unknown endpoint type: 'tcp6'"):
+        client_endpoint(reactor, "tcp6:host=\\:\\:1:port=5000")  # no such client type: tcp: takes IPv6 hosts
     built = client_endpoint(reactor, "tcp:127.0.0.1:5000")
     assert (built._host, built._port) == ("127.0.0.1", 5000)  # type: ignore[attr-defined]
 

@@ -96,7 +96,7 @@ def parse_server(text: str) -> ServerAddress:
     """``text`` as a place to listen, checked; `EndpointStringError` if it cannot work."""
     if is_bare_path(text):
         return _unix_server(text, [text], {})
-    args, kwargs = _split(text)
+    args, kwargs = _split(text, SERVER_FORMS)
     kind = args[0]
     if kind == "unix":
         return _unix_server(text, args[1:], kwargs)
@@ -112,26 +112,26 @@ def parse_client(text: str) -> ClientAddress:
     if is_bare_path(text):
         path = _unix_path(text, text)
         return ClientAddress(text, "unix", f"unix:{quoteStringArgument(path)}", path=path)
-    args, kwargs = _split(text)
+    args, kwargs = _split(text, CLIENT_FORMS)
     kind = args[0]
     if kind == "unix":
         _known(text, kwargs, {"path", "timeout", "checkPID"})
         path = _unix_path(text, _one(text, args[1:], kwargs, "path", "socket path"))
         return ClientAddress(text, "unix", text, path=path)
-    if kind in TCP_KINDS:
+    if kind == "tcp":  # clientFromString has no tcp6: (tcp: connects to IPv6 addresses too)
         return _tcp_client(text, kind, args[1:], kwargs)
     if not kind:
         raise EndpointStringError(f"{text!r} names no endpoint type: expected {CLIENT_FORMS}")
     return ClientAddress(text, kind, text)
 
 
-def _split(text: str) -> tuple[list[str], dict[str, str]]:
+def _split(text: str, forms: str) -> tuple[list[str], dict[str, str]]:
     try:
         args, kwargs = _parse(text)
     except Exception:  # an unfinished escape, say: whatever the tokenizer chokes on
-        raise EndpointStringError(f"{text!r} is not an endpoint string: expected {SERVER_FORMS}") from None
+        raise EndpointStringError(f"{text!r} is not an endpoint string: expected {forms}") from None
     if not args:  # only key=value pieces: no type first
-        raise EndpointStringError(f"{text!r} names no endpoint type: expected {SERVER_FORMS}")
+        raise EndpointStringError(f"{text!r} names no endpoint type: expected {forms}")
     return list(args), dict(kwargs)
 
 

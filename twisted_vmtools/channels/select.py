@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 TRANSPORTS = "auto, backdoor, vsock, unix:PATH or tcp:HOST:PORT"
 VMWARE_TRANSPORTS = ("auto", "backdoor", "vsock")
-STREAM_PREFIXES = ("unix:", "tcp:", "tcp6:")
+STREAM_PREFIXES = ("unix:", "tcp:")
 
 
 class TransportUnavailable(ChannelError, ToolError):
