@@ -192,3 +192,39 @@ def test_an_unprivileged_account(pam_guest: Path, account: tuple[str, str], shar
     assert Path(made.stdout.strip()).stat().st_uid == entry.pw_uid  # file operations act as the account
     assert "CannotAccessFile" in guest(pam_guest, "chmod", "0777", str(victim), login=login).stderr
     assert victim.stat().st_mode & 0o777 != 0o777
+
+
+def test_transfers_act_as_the_account(pam_guest: Path, account: tuple[str, str], shared: Path,
+                                      tmp_path: Path) -> None:
+    """guest upload/download with an unprivileged login: the HGFS packets are performed as that account."""
+    name, password = account
+    login = f"{name}:{password}"
+    entry = pwd.getpwnam(name)
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(600_000))
+    mine = Path(entry.pw_dir) / "uploaded"
+    uploaded = guest(pam_guest, "upload", str(source), str(mine), login=login)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert mine.read_bytes() == source.read_bytes() and mine.stat().st_uid == entry.pw_uid  # the account's file
+    back = tmp_path / "back"
+    assert guest(pam_guest, "download", str(mine), str(back), login=login).returncode == 0
+    assert back.read_bytes() == source.read_bytes()
+    secret = shared / "secret"
+    secret.write_bytes(b"root's")
+    secret.chmod(0o600)
+    protected = shared / "protected"
+    protected.mkdir(mode=0o755)
+    for verb, args in [("download", (str(secret), str(tmp_path / "stolen"))),
+                       ("upload", (str(source), str(protected / "planted"))),
+                       ("upload", ("-f", str(source), str(secret)))]:
+        refused = guest(pam_guest, verb, *args, login=login)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"permission denied for {name}" in refused.stderr
+    assert secret.read_bytes() == b"root's" and not (protected / "planted").exists()
+    assert not (tmp_path / "stolen").exists()
+    exists = guest(pam_guest, "upload", str(source), str(mine), login=login)
+    assert exists.returncode == 1 and "exists in the guest (-f to overwrite)" in exists.stderr
+    directory = guest(pam_guest, "upload", str(source), str(shared), login=login)
+    assert directory.returncode == 1 and "is not a file in the guest" in directory.stderr
+    bad = guest(pam_guest, "download", str(mine), str(tmp_path / "x"), login=f"{name}:wrong")
+    assert bad.returncode == 1 and "refused the login" in bad.stderr and bad.stderr.count("\n") == 1
