@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -21,9 +23,11 @@ from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITC
 from twisted_vmtools.codecs.message import (
     PROTO_RPCI,
     PROTO_TCLO,
+    Backdoor,
     BackdoorCall,
     BackdoorOp,
     BackdoorResult,
+    DirectCalls,
     MessageType,
     Status,
 )
@@ -31,12 +35,30 @@ from twisted_vmtools.codecs.registers import BDOOR_PORT, BDOORHB_PORT, Registers
 
 from .fakes import GARBAGE, FakeVMX, Interposer, message_type, status_reply
 
+# Every test runs twice: through the generator steps, and through the direct calls the
+# channel makes when its executor offers them (the I/O port does), whose every call still
+# reaches the same Interposer and fake VMX as a BackdoorCall.
+PATHS: dict[str, Callable[[Backdoor], Backdoor]] = {"steps": lambda executor: executor, "direct": DirectCalls}
+path = PATHS["steps"]
+
+
+@pytest.fixture(autouse=True, params=sorted(PATHS))
+def _path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(globals(), "path", PATHS[request.param])
+
 
 def make(high_bandwidth: bool = True) -> tuple[FakeVMX, Interposer, Clock, BackdoorChannel]:
     vmx = FakeVMX(high_bandwidth=high_bandwidth)
     executor = Interposer(host_executor(vmx.host))
     clock = Clock()
-    return vmx, executor, clock, BackdoorChannel(executor, clock)
+    return vmx, executor, clock, BackdoorChannel(path(executor), clock)
+
+
+def test_the_direct_path_is_taken_when_offered() -> None:
+    vmx, _, _, channel = make()
+    direct = DirectCalls(host_executor(vmx.host))
+    assert BackdoorChannel(direct, Clock())._direct is direct
+    assert BackdoorChannel(host_executor(vmx.host), Clock())._direct is None
 
 
 def is_type(kind: MessageType):  # noqa: ANN201
@@ -139,7 +161,7 @@ def test_rpci_executor_raising_is_a_channel_error() -> None:
     def broken(call: BackdoorCall) -> BackdoorResult:
         raise OSError("refusing to execute a backdoor instruction")
 
-    channel = BackdoorChannel(broken, Clock())
+    channel = BackdoorChannel(path(broken), Clock())
     failure = failure_of(channel.rpci(b"hello"))
     assert failure.check(ChannelError)
     assert "refusing" in failure.getErrorMessage()
@@ -189,13 +211,29 @@ def test_tclo_idle_backoff() -> None:
     assert vmx.tclo.polls == 0
     clock.advance(0)
     assert vmx.tclo.received == [b""]
-    expected = [0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
+    # vmtoolsd's pacing, 100 ms for two seconds, then 200 ms while the VMX stays quiet.
+    expected = [0.01, 0.02, 0.04, 0.08] + [0.1] * 20 + [0.2, 0.2, 0.2]
     for n, delay in enumerate(expected, start=2):
         clock.advance(delay - 0.001)
         assert vmx.tclo.polls == n - 1, f"poll {n} came early"
-        clock.advance(0.001)
+        clock.advance(0.002)  # each poll is timed from the one before; 1 ms each side keeps floats out of it
         assert vmx.tclo.polls == n, f"poll {n} did not come after {delay}"
     assert vmx.opens == [PROTO_TCLO]
+
+
+def test_tclo_a_command_after_a_long_idle_spell_brings_back_the_fast_pace() -> None:
+    vmx, _, clock, channel = make()
+    handler = Handler(immediate)
+    channel.start(handler)
+    clock.advance(0)
+    clock.advance(10)  # idle: 200 ms between polls by now
+    polls = vmx.tclo.polls
+    vmx.tclo.commands.append(b"ping")
+    clock.advance(0.2)
+    assert handler.commands == [b"ping"]
+    assert vmx.tclo.polls == polls + 2  # the poll that fetched it, and the one that carried the reply
+    clock.advance(0.01)
+    assert vmx.tclo.polls == polls + 3
 
 
 @pytest.mark.parametrize("high_bandwidth", [False, True])
@@ -236,7 +274,7 @@ class CountingClock(Clock):
 def test_tclo_an_immediate_answer_goes_out_in_the_same_turn() -> None:
     vmx = FakeVMX()
     clock = CountingClock()
-    channel = BackdoorChannel(host_executor(vmx.host), clock)
+    channel = BackdoorChannel(path(host_executor(vmx.host)), clock)
     channel.start(Handler(immediate))
     clock.advance(0)
     clock.advance(0.01)
@@ -252,7 +290,7 @@ def test_tclo_an_immediate_answer_goes_out_in_the_same_turn() -> None:
 def test_tclo_a_busy_vmx_still_lets_the_reactor_run() -> None:
     vmx = FakeVMX()
     clock = CountingClock()
-    channel = BackdoorChannel(host_executor(vmx.host), clock)
+    channel = BackdoorChannel(path(host_executor(vmx.host)), clock)
     handler = Handler(immediate)
     channel.start(handler)
     clock.advance(0)

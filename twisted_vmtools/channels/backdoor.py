@@ -8,8 +8,9 @@ an in-memory `BackdoorHost` in tests and benchmarks.
 TCLO is polled as vmtoolsd polls it: send the previous reply (or an empty
 message, which is how the VMX learns the guest is alive), then receive.  A
 command is followed by an immediate poll (in the same reactor turn when the
-handler answers at once); an empty poll backs off 10, 20, 40, 80, 100 ms; an
-error waits 5 s and reopens the channel.  While
+handler answers at once); an empty poll backs off 10, 20, 40, 80, 100 ms
+(vmtoolsd's pacing), and after two idle seconds to 200 ms; an error waits 5 s
+and reopens the channel.  While
 the handler's Deferred is pending nothing is polled, so the VMX never has
 two commands out.
 """
@@ -17,7 +18,7 @@ two commands out.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from automat import TypeMachineBuilder
 from twisted.internet import defer
@@ -35,6 +36,7 @@ from ..codecs.message import (
     BackdoorCall,
     BackdoorOp,
     BackdoorResult,
+    DirectBackdoor,
     GuestChannel,
     run_steps,
 )
@@ -45,7 +47,14 @@ from .interfaces import ChannelError, IGuestChannel, ITCLOHandler
 
 T = TypeVar("T")
 
-POLL_DELAYS = (0.01, 0.02, 0.04, 0.08, 0.1)  # after 1, 2, 3, 4, 5+ empty polls in a row
+# After 1, 2, 3, 4 empty polls in a row: vmtoolsd's pacing (RpcIn's delay starts at 10 ms, doubles,
+# and stops at 100 ms), then 100 ms for two seconds; after that, while nothing comes, 200 ms.  An
+# idle poll costs this Python process about twice what it costs vmtoolsd (a reactor turn from
+# sleep, cache-cold), so a long-idle guest polls half as often: the VMX hears from it 5 times a
+# second rather than 10 (a vsock guest's heartbeat is once a second), and a command arriving
+# after a quiet spell waits up to 200 ms instead of 100 before it is fetched; from then on the
+# pace is vmtoolsd's again.
+POLL_DELAYS = (0.01, 0.02, 0.04, 0.08) + (0.1,) * 20 + (0.2,)
 _LAST_DELAY = len(POLL_DELAYS) - 1
 COMMANDS_PER_TURN = 8  # commands answered at once and polled after within one reactor turn
 ERROR_DELAY = 5.0
@@ -69,6 +78,8 @@ def hypercall_dx(call: BackdoorCall) -> int:
 def hardware_executor(interface: BackdoorInterface) -> Backdoor:
     """An executor running the real instructions (C extension) through ``interface``.
 
+    On the I/O port it is also a `DirectBackdoor` (`PortBackdoor`), which the
+    channel's hot paths call without building a `BackdoorCall` per instruction.
     The extension itself refuses unless CPUID says VMware, so a mistake here
     raises OSError rather than executing anything.
     """
@@ -80,7 +91,6 @@ def hardware_executor(interface: BackdoorInterface) -> Backdoor:
         BackdoorInterface.VMMCALL: _backdoor.MODE_VMMCALL,
     }[interface]
     hypercall = interface is not BackdoorInterface.PORT
-
     lb, hb_out, hb_in = _backdoor.lb, _backdoor.hb_out, _backdoor.hb_in
     new = tuple.__new__  # named tuples without their Python-level __new__, as in codecs.message
 
@@ -96,7 +106,23 @@ def hardware_executor(interface: BackdoorInterface) -> Backdoor:
         regs, data = hb_in(ax, bx, dx, si, bp, cx, mode)
         return new(BackdoorResult, (new(Registers, regs), data))
 
-    return execute
+    if hypercall:
+        return execute  # DX carries flags there: the direct calls take the port's registers only
+    return PortBackdoor(execute, _backdoor)
+
+
+class PortBackdoor:
+    """The backdoor I/O port through the C extension: an executor, and a `DirectBackdoor`."""
+
+    def __init__(self, execute: Backdoor, extension: Any) -> None:
+        self._execute = execute
+        # The extension's functions themselves (their mode defaults to the port): no Python in between.
+        self.lb = extension.lb
+        self.hb_out = extension.hb_out
+        self.hb_in = extension.hb_in
+
+    def __call__(self, call: BackdoorCall) -> BackdoorResult:
+        return self._execute(call)
 
 
 def host_executor(host: IBackdoorHost, owner: int = 0) -> Backdoor:
@@ -133,6 +159,8 @@ class BackdoorChannel:
     ) -> None:
         self.name = name
         self._execute = executor
+        # The direct calls when the executor makes them (the I/O port, DirectCalls in tests).
+        self._direct = executor if isinstance(executor, DirectBackdoor) else None
         self._clock = clock
         self._error_delay = error_delay
         self._rpci = GuestChannel(PROTO_RPCI)
@@ -175,8 +203,9 @@ class BackdoorChannel:
             try:
                 if not self._rpci.is_open:
                     self._run(self._rpci.open())
-                self._run(self._rpci.send(request))
-                return self._run(self._rpci.receive())
+                if self._direct is not None:
+                    return self._rpci.exchange_direct(request, self._direct)
+                return self._run(self._rpci.exchange(request))
             except Exception as error:
                 self.log.warn("backdoor RPCI failed (attempt {attempt}): {error}", attempt=attempt, error=error)
                 self._rpci = self._discard(self._rpci)
@@ -257,7 +286,10 @@ class BackdoorChannel:
             if tclo.id is None:
                 self._run(tclo.open())
             # The reply goes out once; if this fails it is lost, as with vmtoolsd.
-            command: bytes = run_steps(tclo.exchange(reply or b""), self._execute)  # type: ignore[assignment]
+            if self._direct is not None:
+                command = tclo.exchange_direct(reply or b"", self._direct)
+            else:
+                command = self._run(tclo.exchange(reply or b""))
         except Exception as error:
             self.log.warn(
                 "backdoor TCLO poll failed, retrying in {delay} s: {error}", delay=self._error_delay, error=error

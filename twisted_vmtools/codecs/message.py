@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .errors import CodecError
 from .registers import (
@@ -106,6 +106,56 @@ def run_steps(steps: Generator[BackdoorCall, BackdoorResult, object], backdoor: 
         return stop.value
 
 
+@runtime_checkable
+class DirectBackdoor(Protocol):
+    """An executor that also makes the three calls directly, registers as plain ints.
+
+    The signatures are the C extension's (``_backdoor.lb/hb_out/hb_in``, port
+    interface).  `GuestChannel.exchange_direct` and friends use them for the
+    common case, with no generator, named tuple or executor dispatch between
+    two backdoor instructions: under the trap engine each Python step between
+    two traps runs cache-cold, and those steps cost the guest more CPU per TCLO
+    poll than the traps.  Anything out of the ordinary (low-bandwidth transfers,
+    checkpoints, failures) goes through the generator steps and ``__call__``.
+    """
+
+    def __call__(self, call: BackdoorCall) -> BackdoorResult: ...
+
+    def lb(self, ax: int, bx: int, cx: int, dx: int, si: int, di: int, /) -> tuple[int, ...]:
+        """``in``: the six registers out."""
+
+    def hb_out(self, ax: int, bx: int, dx: int, di: int, bp: int, data: bytes, /) -> tuple[int, ...]:
+        """``rep outsb`` of ``data`` (RSI, RCX are its address and length): the seven registers out."""
+
+    def hb_in(self, ax: int, bx: int, dx: int, si: int, bp: int, size: int, /) -> tuple[tuple[int, ...], bytes]:
+        """``rep insb`` into a fresh ``size``-byte buffer: the seven registers out, and the buffer."""
+
+
+class DirectCalls:
+    """A `DirectBackdoor` over any executor: each direct call becomes the `BackdoorCall` it stands for.
+
+    What tests and the in-memory VMX use, so the direct path meets the same
+    fakes, fault injection and VMX as the generator steps.
+    """
+
+    def __init__(self, execute: Backdoor) -> None:
+        self._execute = execute
+
+    def __call__(self, call: BackdoorCall) -> BackdoorResult:
+        return self._execute(call)
+
+    def lb(self, ax: int, bx: int, cx: int, dx: int, si: int, di: int, /) -> tuple[int, ...]:
+        return tuple(self._execute(BackdoorCall(BackdoorOp.LOW_BANDWIDTH, Registers(ax, bx, cx, dx, si, di))).regs[:6])
+
+    def hb_out(self, ax: int, bx: int, dx: int, di: int, bp: int, data: bytes, /) -> tuple[int, ...]:
+        regs = Registers(ax, bx, len(data), dx, 0, di, bp)
+        return tuple(self._execute(BackdoorCall(BackdoorOp.HB_OUT, regs, data)).regs)
+
+    def hb_in(self, ax: int, bx: int, dx: int, si: int, bp: int, size: int, /) -> tuple[tuple[int, ...], bytes]:
+        result = self._execute(BackdoorCall(BackdoorOp.HB_IN, Registers(ax, bx, size, dx, si, 0, bp)))
+        return tuple(result.regs), result.data
+
+
 def _message_regs(kind: MessageType, channel: int, bx: int, cookie_high: int, cookie_low: int) -> Registers:
     return Registers(
         ax=BDOOR_MAGIC,
@@ -130,6 +180,9 @@ _LOW_BANDWIDTH = BackdoorOp.LOW_BANDWIDTH
 _HB_OUT = BackdoorOp.HB_OUT
 _HB_IN = BackdoorOp.HB_IN
 _SENDSIZE = int(MessageType.SENDSIZE)
+_CX_SENDSIZE = _CX[MessageType.SENDSIZE]
+_CX_RECVSIZE = _CX[MessageType.RECVSIZE]
+_CX_RECVSTATUS = _CX[MessageType.RECVSTATUS]
 # Each backdoor call builds its registers and its call as named tuples through tuple.__new__,
 # skipping their Python-level __new__: under the trap engine every Python step between two
 # trapped instructions runs cache-cold, and these steps doubled the guest's CPU per TCLO poll.
@@ -191,6 +244,61 @@ class GuestChannel:
         """Send ``payload``, then receive the answer (a TCLO poll: the reply out, the next command in)."""
         yield from self.send(payload)
         return (yield from self.receive())
+
+    # -- the same, by direct calls (see DirectBackdoor): the common case inline, the rest by the steps
+
+    def exchange_direct(self, payload: bytes, backdoor: DirectBackdoor) -> bytes:
+        """`exchange` made with direct calls: the same backdoor calls, in the same order."""
+        self.send_direct(payload, backdoor)
+        return self.receive_direct(backdoor)
+
+    def send_direct(self, payload: bytes, backdoor: DirectBackdoor) -> None:
+        """`send` made with direct calls."""
+        if self.id is None:
+            raise MessageChannelError("message channel is not open")
+        size = len(payload)
+        cx = backdoor.lb(BDOOR_MAGIC, size, _CX_SENDSIZE, self._dx, self.cookie_high, self.cookie_low)[2]
+        status = (cx >> 16) & 0xFFFF
+        if not status & _SUCCESS:
+            raise MessageChannelError(f"SENDSIZE of {size} bytes refused (status {status:#x})")
+        if not payload:
+            return
+        if status & _HB:
+            bx = backdoor.hb_out(BDOOR_MAGIC, _HB_BX, self._hb_dx, self.cookie_low, self.cookie_high, payload)[1]
+            status = (bx >> 16) & 0xFFFF
+            sent = bool(status & _SUCCESS) or self._chunk_ok(status, "high-bandwidth send")
+        else:
+            sent = bool(run_steps(self._send_low_bandwidth(payload), backdoor))
+        if not sent:
+            run_steps(self.send(payload), backdoor)  # a checkpoint: start over, as `send` does
+
+    def receive_direct(self, backdoor: DirectBackdoor) -> bytes:
+        """`receive` made with direct calls."""
+        if self.id is None:
+            raise MessageChannelError("message channel is not open")
+        _, bx, cx, dx, _, _ = backdoor.lb(BDOOR_MAGIC, 0, _CX_RECVSIZE, self._dx, self.cookie_high, self.cookie_low)
+        status = (cx >> 16) & 0xFFFF
+        if not status & _SUCCESS:
+            raise MessageChannelError(f"RECVSIZE failed (status {status:#x})")
+        if not status & _DORECV:
+            return b""
+        if (dx >> 16) & 0xFFFF != _SENDSIZE:
+            raise MessageChannelError("RECVSIZE answered with the wrong message type")
+        size = bx & MASK32
+        data: bytes | None
+        if status & _HB and size:
+            regs, data = backdoor.hb_in(BDOOR_MAGIC, _HB_BX, self._hb_dx, self.cookie_high, self.cookie_low, size)
+            status = (regs[1] >> 16) & 0xFFFF
+            if not (status & _SUCCESS and len(data) == size):
+                data = run_steps(self._high_bandwidth_receive_failed(status, size, data), backdoor)  # type: ignore[assignment]
+        else:
+            data = run_steps(self._receive_low_bandwidth(size), backdoor)  # type: ignore[assignment]
+        if data is not None:
+            cx = backdoor.lb(BDOOR_MAGIC, _SUCCESS, _CX_RECVSTATUS, self._dx, self.cookie_high, self.cookie_low)[2]
+            status = (cx >> 16) & 0xFFFF
+            if status & _SUCCESS or self._chunk_ok(status, "RECVSTATUS"):
+                return data
+        return run_steps(self.receive(), backdoor)  # type: ignore[return-value]  # a checkpoint: start over
 
     def send(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, None]:
         for _ in range(CHECKPOINT_RETRIES):
