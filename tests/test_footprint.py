@@ -44,6 +44,10 @@ NEVER_IDLE = (
 )
 # Before the VMX has asked for anything, guest info has not been gathered yet either.
 NOT_BEFORE_FIRST_REPORT = ("psutil",)
+# After a first guest operation and a first HGFS packet: what only a login or an archive needs.
+NOT_BEFORE_THEIR_OWN_USE = (
+    "pam", "tarfile", "gzip", "OpenSSL", "twisted_vmtools.vmx", "twisted.protocols.amp",
+)
 
 GUEST = f"""
 import json, sys
@@ -98,6 +102,9 @@ async def test_an_idle_guest_has_loaded_only_what_it_uses(tmp_path: Path) -> Non
         assert reply.startswith(b"OK ")
         idle = json.loads(reply[3:])
         started = json.loads((tmp_path / "built.json").read_text())
+        assert (await vmx.send(b"Vix_1_Get_ToolsProperties")).startswith(b"OK ")  # builds the Vix server
+        await vmx.send(b"f " + bytes(16))  # a malformed HGFS packet, answered by the server it builds
+        used = json.loads((await vmx.send(LOADED))[3:])
     finally:
         guest.terminate()
         guest.wait(30)
@@ -105,6 +112,8 @@ async def test_an_idle_guest_has_loaded_only_what_it_uses(tmp_path: Path) -> Non
     assert "twisted_vmtools.channels.stream" in idle and "twisted_vmtools.guest.guestinfo" in idle  # it ran
     assert heavy(started, NEVER_IDLE + NOT_BEFORE_FIRST_REPORT) == []
     assert heavy(idle, NEVER_IDLE) == []
+    assert "twisted_vmtools.guest.vix_server" in used and "twisted_vmtools.guest.hgfs_server" in used
+    assert heavy(used, NOT_BEFORE_THEIR_OWN_USE) == []
 
 
 TLS_PROBE = """

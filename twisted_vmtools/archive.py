@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import tarfile
 import zlib
 from collections.abc import Iterator
 from typing import IO
@@ -22,6 +21,8 @@ from twisted.logger import Logger
 
 FORMATS = ("", "tar", "tgz")
 DEFAULT_CHUNK = 256 * 1024
+# tarfile is imported by the functions that make or unpack an archive, not with this module: the
+# guest's Vix and HGFS servers import it for its formats and errors, and most guests never move a tree.
 _GZIP_MAGIC = b"\x1f\x8b"
 
 log = Logger()
@@ -56,6 +57,8 @@ def tar_stream(root: str, *, prefix: str = "", gzip: bool = False, chunk_size: i
     left out (logged), as are sockets and devices.  Pieces may be empty when
     compressing; the concatenation is the archive.
     """
+    import tarfile
+
     out = _Compressor(gzip)
     info_of = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
     written = 0
@@ -96,6 +99,8 @@ def _file_pieces(handle: IO[bytes], size: int, chunk_size: int) -> Iterator[byte
         piece = handle.read(min(chunk_size, remaining)) or b"\0" * min(chunk_size, remaining)
         remaining -= len(piece)
         yield piece
+    import tarfile  # already loaded by tar_stream
+
     if size % tarfile.BLOCKSIZE:
         yield b"\0" * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
 
@@ -125,6 +130,8 @@ def extract(stream: IO[bytes], target: str) -> list[str]:
     Refuses (`ArchiveError`) what tarfile's data filter refuses, and input that
     is not a tar; returns the member names extracted.
     """
+    import tarfile
+
     os.makedirs(target, exist_ok=True)
     names: list[str] = []
     directories: list[tarfile.TarInfo] = []
