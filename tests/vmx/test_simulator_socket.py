@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
 from twisted_vmtools.endpoint_strings import EndpointStringError
@@ -101,3 +103,26 @@ def test_other_endpoint_types_fail_in_a_sentence(tmp_path: Path) -> None:
         server_endpoint(object(), f"ssl:5000:privateKey={tmp_path}/missing.pem", allow_remote=True)
     with pytest.raises(RemoteListenError):
         server_endpoint(object(), "ssl:5000")  # any other type counts as remote
+
+
+@pytest.mark.parametrize("form", ["{path}", "unix:{path}", "unix:path={path}", "unix:address={path}:lockfile=1"])
+@pytest_twisted.ensureDeferred
+async def test_every_unix_form_listens_owner_only(tmp_path: Path, form: str) -> None:
+    """serverFromString's spellings never reach Twisted's own (0666) Unix listener."""
+    from twisted.internet import reactor
+
+    from twisted_vmtools.vmx.simulator import SimulatorService
+
+    path = tmp_path / "vmx.sock"
+    old = os.umask(0)
+    try:
+        simulator = SimulatorService(reactor, form.format(path=path))  # type: ignore[arg-type]
+        simulator.startService()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_ISSOCK(os.lstat(path).st_mode) and stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        assert not (tmp_path / "vmx.sock.lock").exists()
+    finally:
+        await simulator.stopService()
+    assert not path.exists()
