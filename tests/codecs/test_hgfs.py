@@ -200,3 +200,11 @@ def test_file_data_is_a_view_into_its_packet_and_names_are_bytes() -> None:
     opened = hgfs.encode_request(header, hgfs.OpenRequest(hgfs.FileNameV3(b"root\0tmp\0x"), 0, 0))
     name = hgfs.decode_request_body(Op.OPEN_V3, hgfs.decode_request_header(opened)[1]).name.name  # type: ignore[attr-defined]
     assert type(name) is bytes and name == b"root\0tmp\0x"
+
+
+def test_request_pieces_are_the_request() -> None:
+    header = Header(Op.WRITE_V3, 9, 4)
+    message = hgfs.WriteRequest(3, 7, b"data" * 100)
+    pieces = hgfs.request_pieces(header, message)
+    assert b"".join(pieces) == hgfs.encode_request(header, message)
+    assert pieces[-1] is message.data  # the file data is not copied before the carrier's join

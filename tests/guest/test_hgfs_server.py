@@ -18,7 +18,7 @@ from twisted_vmtools.codecs.hgfs import FileNameV3, Header, Op, OpenFlags, OpenM
 from twisted_vmtools.guest.hgfs_files import TEMP_MARK, UploadJournal, is_upload_temp
 from twisted_vmtools.guest.hgfs_server import NO_ARGUMENT, HGFSServer
 from twisted_vmtools.protocols.tclo import TCLODispatcher, TCLOHandlerError
-from twisted_vmtools.vmx.hgfs_client import HGFSClient, HGFSClientError
+from twisted_vmtools.vmx.hgfs_client import HGFSClient, HGFSClientError, tclo_sender
 
 
 def make_server(tmp_path: Path, **options: Any) -> tuple[HGFSServer, Clock]:
@@ -347,3 +347,22 @@ def test_handles_per_session_are_limited(tmp_path: Path) -> None:
     run(client.close(handles[0]))
     run(client.open(str(tmp_path / "f"), OpenMode.READ_ONLY))  # a closed handle frees its place
     assert len(set(handles)) == 3
+
+
+def test_round_trip_through_tclo_and_the_dispatcher(tmp_path: Path) -> None:
+    """The VMX's `tclo_sender` (packets joined behind ``f ``) and the guest's dispatcher (replies joined behind OK)."""
+    server, _ = make_server(tmp_path)
+    dispatcher = TCLODispatcher()
+    server.install(dispatcher)
+    commands: list[bytes] = []
+
+    def send_tclo(command: bytes) -> Deferred[bytes]:
+        commands.append(command[:2])
+        return dispatcher.handle(command)
+
+    client = HGFSClient(tclo_sender(send_tclo))
+    result_of(ensureDeferred(client.start()))
+    data = os.urandom(2 * hgfs.LARGE_IO_MAX + 5)
+    assert upload(client, tmp_path / "t", data) == len(data)
+    assert download(client, tmp_path / "t") == data
+    assert set(commands) == {b"f "}

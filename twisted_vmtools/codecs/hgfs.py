@@ -1049,7 +1049,12 @@ def _decode(cls: type, body: Data) -> object:
 
 
 def encode_request(header: Header, message: Message) -> bytes:
-    return encode_packet(header, _parts(message), reply=False)
+    return b"".join(request_pieces(header, message))
+
+
+def request_pieces(header: Header, message: Message) -> list[Data]:
+    """`encode_request` before the join: for a carrier that puts its own bytes in front (TCLO's ``f ``)."""
+    return packet_pieces(header, _parts(message), reply=False)
 
 
 def encode_reply(request: Header, status: int, message: Message | None = None, session_id: int | None = None) -> bytes:
