@@ -50,8 +50,10 @@ def test_guestinfo_values_and_keys_that_are_not_utf8_go_through_as_bytes(sock: s
     assert run(*SIM, "guestinfo", "--socket", sock, "get", "guestinfo.rpc").stdout == b"\xe9\n"
     unset = run(*SIM, "guestinfo", "--socket", sock, "set", "guestinfo.bin")
     assert (unset.returncode, unset.stderr) == (2, b"vmtools-sim: guestinfo takes get KEY or set KEY VALUE\n")
+    assert run(*RPCTOOL, "-t", f"unix:{sock}", b"info-set guestinfo.esc \x1b[2Jtwo\nlines").returncode == 0
     status = run(*SIM, "status", "--socket", sock)
     assert status.returncode == 0 and b"guestinfo.k\\xff" in status.stdout and b"Traceback" not in status.stderr
+    assert b" \\x1b[2Jtwo\\nlines\n" in status.stdout and b"\x1b" not in status.stdout  # one line, no escape code
 
 
 def test_tclo_without_a_guest_says_so_at_once(sock: str) -> None:

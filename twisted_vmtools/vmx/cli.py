@@ -19,6 +19,7 @@ from .. import __version__
 from ..endpoint_strings import CLIENT_FORMS, SERVER_FORMS, client_string, server_string
 from ..exit_codes import ExitCode, ToolError, Unreachable, UsageError, report
 from ..heap import keep_packets_in_heap
+from ..printable import readable
 from ..simsocket import client_endpoint, default_simulator_socket
 from . import guest_verbs  # noqa: F401  (adds the Vix verbs to guest_cli.VERBS)
 from .access import SecretError, group_id
@@ -142,8 +143,11 @@ async def _status(reactor: object, args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         for key, value in status.items():
-            print(f"{key:32} {value}")
-    return 0
+            # One line per key, as log shows RPCs: a guest-set value with a newline or a terminal
+            # escape sequence must not break the table or reach the terminal as a control sequence.
+            shown = readable(value.encode()) if isinstance(value, str) else value
+            print(f"{key:32} {shown}")
+    return ExitCode.OK
 
 
 async def _tclo(reactor: object, args: argparse.Namespace) -> int:
