@@ -94,7 +94,7 @@ class PacketProtocol(Protocol):
 
     def sendPacket(self, packet: VsockPacket) -> None:
         pieces = packet.frame()
-        if self._socket is None or not _drained(self.transport):
+        if self._socket is None or not drained(self.transport):
             self.transport.writeSequence(pieces)  # type: ignore[union-attr]
             return
         # Nothing waits in Twisted's buffers, so the packet goes out now, in order, gathered
@@ -116,7 +116,7 @@ class PacketProtocol(Protocol):
         self.log.warn("dropping malformed packet: {error}", error=str(error))
 
 
-def _drained(transport: object) -> bool:
+def drained(transport: object) -> bool:
     """The transport is open and holds nothing unsent (Twisted's buffers, TLS), so a send now keeps the order."""
     return bool(
         getattr(transport, "connected", False)

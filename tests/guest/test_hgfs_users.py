@@ -14,18 +14,21 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from tests.support import result_of
 from twisted_vmtools.codecs import hgfs, vix
 from twisted_vmtools.codecs.hgfs import OpenFlags, OpenMode, Status
 from twisted_vmtools.guest.accounts import GuestUser
-from twisted_vmtools.guest.hgfs_helper import FIRST_HANDLE
+from twisted_vmtools.guest.hgfs_helper import FIRST_HANDLE, FRAME
 from twisted_vmtools.guest.hgfs_proc import ProcessIOHandler
 from twisted_vmtools.guest.hgfs_server import HGFSServer
-from twisted_vmtools.guest.hgfs_users import UserHelper, UserHGFS, helper_handlers
+from twisted_vmtools.guest.hgfs_users import MAX_FRAME, UserHelper, UserHGFS, _Frames, helper_handlers
 from twisted_vmtools.vmx.hgfs_client import HGFSClient, HGFSClientError
 
 SERVICE = GuestUser.current()
@@ -251,3 +254,36 @@ async def test_transfers_act_as_the_account(shared: Path) -> None:
         if client.session_id is not None:
             await client.stop()
         users.stop()
+
+
+class Collected(_Frames):
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+
+    def frameReceived(self, tag: int, payload: bytes) -> None:  # noqa: N802
+        self.frames.append((tag, payload))
+
+
+@given(st.lists(st.binary(max_size=300), max_size=6), st.lists(st.integers(1, 97), min_size=1, max_size=20))
+def test_frames_survive_any_split(payloads: list[bytes], cuts: list[int]) -> None:
+    sender, receiver = Collected(), Collected()
+    wire = StringTransport()
+    sender.makeConnection(wire)
+    receiver.makeConnection(StringTransport())
+    for tag, payload in enumerate(payloads):
+        sender.sendFrame(tag, payload)
+    data = wire.value()
+    position, turn = 0, 0
+    while position < len(data):
+        step = cuts[turn % len(cuts)]
+        receiver.dataReceived(data[position : position + step])
+        position, turn = position + step, turn + 1
+    assert receiver.frames == list(enumerate(payloads))
+
+
+def test_an_oversized_frame_ends_the_connection() -> None:
+    receiver = Collected()
+    transport = StringTransport()
+    receiver.makeConnection(transport)
+    receiver.dataReceived(FRAME.pack(MAX_FRAME + 1, 1) + b"x")
+    assert transport.disconnecting and not receiver.frames

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -185,7 +185,7 @@ def test_any_truncation_of_a_real_request_gets_a_vix_error(cut: int) -> None:
 def test_binary_replies_for_binary_requests() -> None:
     server = make_server()
     server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: b"\x00\x01raw")
-    request = vix.Request(op=Op.HGFS_SEND_PACKET, body=struct.pack("<Ii", 0, 0), credential=LOGIN.encode(),
+    request = vix.Request(op=Op.HGFS_SEND_PACKET, body=vix.HgfsPacket(b"p").encode(), credential=LOGIN.encode(),
                           credential_type=LOGIN.type, common_flags=vix.CommonFlags.REQUEST | 0x80)
     reply = result_of(server.relayed_command(vix.relayed_command(request.encode()).split(b" ", 1)[1]))
     assert reply == b"0 0 #\x00\x01raw"  # foundryToolsDaemon.c: '#' ends the text of a binary reply
@@ -307,3 +307,55 @@ def test_the_feature_builds_its_server_and_process_manager_on_first_use() -> Non
     assert vix.decode_reply(result_of(dispatcher.handle(command))[3:]).error == VixCode.OK
     feature.startService()
     feature.stopService()
+
+
+class CountingLogins:
+    """Accepts one password and counts the checks."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def authenticate(self, credentials: vix.Credentials) -> Deferred[GuestUser]:
+        self.checks += 1
+        if credentials.password == LOGIN.password:
+            return succeed(GuestUser.current())
+        refused: Deferred[GuestUser] = Deferred()
+        refused.errback(VixOperationError(VixCode.INVALID_LOGIN_CREDENTIALS, "no"))
+        return refused
+
+
+def hgfs_call(server: Any, login: vix.Credentials) -> vix.Reply:
+    args = relayed_args(Op.HGFS_SEND_PACKET, vix.HgfsPacket(b"\x01" * 8), login)
+    reply = result_of(server.relayed_command(args))
+    return vix.decode_reply(reply, binary=True, marked=True)
+
+
+def test_a_transfers_packets_reuse_a_recent_login_and_a_refused_one_is_a_permissions_error() -> None:
+    clock = Clock()
+    logins = CountingLogins()
+    server = make_server(clock, authenticator=logins)
+    server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: vix.HgfsPacket.decode(request.body).packet)
+    for _ in range(5):
+        reply = hgfs_call(server, LOGIN)
+        assert reply.ok and reply.result == b"\x01" * 8
+    assert logins.checks == 1  # one PAM conversation for the whole transfer
+    # vixTools.c rewrites a refused login of HGFS_SEND_PACKET as GUEST_USER_PERMISSIONS.
+    assert hgfs_call(server, vix.Credentials(LOGIN.user, "wrong")).error == VixCode.GUEST_USER_PERMISSIONS
+    assert logins.checks == 2
+    clock.advance(31)  # quiet longer than a transfer pauses: checked again
+    assert hgfs_call(server, LOGIN).ok and logins.checks == 3
+    for _ in range(13):
+        clock.advance(25)  # in use, but no login is trusted for more than 5 minutes
+        assert hgfs_call(server, LOGIN).ok
+    assert logins.checks == 4
+    # Other ops always check.
+    assert call(server, Op.VALIDATE_CREDENTIALS, vix.NoBody()).ok and logins.checks == 5
+
+
+def test_an_hgfs_request_without_a_packet_fails_before_the_login() -> None:
+    logins = CountingLogins()
+    server = make_server(authenticator=logins)
+    server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: b"")
+    args = relayed_args(Op.HGFS_SEND_PACKET, vix.HgfsPacket(b""), LOGIN)
+    assert vix.decode_reply(result_of(server.relayed_command(args)), binary=True).error == VixCode.FAIL
+    assert logins.checks == 0

@@ -41,6 +41,9 @@ def main(argv: list[str]) -> int:
             importlib.import_module(module)
         except ImportError:
             pass
+    from twisted_vmtools.heap import keep_packets_in_heap
+
+    keep_packets_in_heap()  # as the tools do: half-megabyte packets without a fresh mapping (and its faults) each
     from twisted.internet import reactor
 
     from twisted_vmtools.guest.fileops_helper import become

@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -35,6 +37,7 @@ from twisted.python.failure import Failure
 from ..codecs import hgfs, vix
 from ..codecs.hgfs import Header, Op, Status
 from ..codecs.vix import VixCode
+from ..framing import EAGER_READ_MIN, drained, widen
 from .accounts import GuestUser
 from .fileops_runner import helper_command
 from .hgfs_archive import SCHEME as ARCHIVE_SCHEME
@@ -65,27 +68,88 @@ def helper_handlers(reactor: Any) -> FileHandlerRegistry:
 
 
 class _Frames(Protocol):
-    """``>II`` (length, tag) + bytes, both ways; a frame over `MAX_FRAME` ends the connection."""
+    """``>II`` (length, tag) + bytes, both ways; a frame over `MAX_FRAME` ends the connection.
 
-    def connectionMade(self) -> None:  # noqa: N802
-        self._buffer = bytearray()
+    Frames are half-megabyte packets, one in flight each way: the socket is
+    widened as the stream transport's is, a frame begun is read on at once
+    rather than a reactor turn per piece, and one is sent straight from its
+    pieces when nothing waits before it (the same measures as `framing`).
+    """
+
+    _socket: socket.socket | None = None
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+        widen(transport)
+        if isinstance(transport, tcp.Connection):
+            self._socket = transport.socket
+        self._pieces: deque[bytes] = deque()
+        self._have = 0
+        self._need: int | None = None
+        self._tag = 0
+        super().makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self._buffer += data
-        while len(self._buffer) >= FRAME.size:
-            length, tag = FRAME.unpack_from(self._buffer)
-            if length > MAX_FRAME:
-                self.transport.loseConnection()  # type: ignore[union-attr]
+        self._pieces.append(data)
+        self._have += len(data)
+        while True:
+            if self._need is None:
+                if self._have < FRAME.size:
+                    return
+                length, self._tag = FRAME.unpack(self._take(FRAME.size))
+                if length > MAX_FRAME:
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    return
+                self._need = length
+            if self._have < self._need and not self._read_on(self._need - self._have):
                 return
-            end = FRAME.size + length
-            if len(self._buffer) < end:
+            payload, self._need = self._take(self._need), None
+            self.frameReceived(self._tag, payload)
+            if getattr(self.transport, "disconnecting", True):
                 return
-            payload = bytes(self._buffer[FRAME.size : end])
-            del self._buffer[:end]
-            self.frameReceived(tag, payload)
+
+    def _read_on(self, missing: int) -> bool:
+        """Take the rest of a large frame now if it is there; whether it all came."""
+        while missing and self._socket is not None and missing >= EAGER_READ_MIN // 2:
+            try:
+                more = self._socket.recv(missing)
+            except OSError:
+                return False
+            if not more:
+                return False
+            self._pieces.append(more)
+            self._have += len(more)
+            missing -= len(more)
+        return missing == 0
+
+    def _take(self, count: int) -> bytes:
+        """The next ``count`` bytes (there are that many): a whole piece as it is, else one join."""
+        if count == 0:
+            return b""
+        self._have -= count
+        first = self._pieces[0]
+        if len(first) == count:
+            return self._pieces.popleft()
+        if len(first) > count:
+            self._pieces[0] = first[count:]
+            return first[:count]
+        joined = b"".join(self._pieces)
+        self._pieces.clear()
+        if len(joined) > count:
+            self._pieces.append(joined[count:])
+        return joined[:count]
 
     def sendFrame(self, tag: int, payload: bytes) -> None:  # noqa: N802
-        self.transport.writeSequence([FRAME.pack(len(payload), tag), payload])  # type: ignore[union-attr]
+        pieces = [FRAME.pack(len(payload), tag), payload]
+        sent = 0
+        if self._socket is not None and drained(self.transport):
+            try:
+                sent = self._socket.sendmsg(pieces)
+            except OSError:
+                sent = 0  # would block, or an error the transport's own write meets and reports
+        if sent == 0:
+            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
+        elif sent < FRAME.size + len(payload):
+            self.transport.write(b"".join(pieces)[sent:])  # type: ignore[union-attr]
 
     def frameReceived(self, tag: int, payload: bytes) -> None:  # noqa: N802
         raise NotImplementedError

@@ -79,6 +79,16 @@ RECHECKED_LATER = frozenset({Op.HGFS_SEND_PACKET})
 ExtraOp = Callable[[vix.Request, GuestUser], "bytes | Deferred[bytes]"]
 
 
+# vixTools.c VixToolsRewriteError: for these ops a refused login answers GUEST_USER_PERMISSIONS.
+LOGIN_AS_PERMISSIONS = frozenset({Op.HGFS_SEND_PACKET})
+
+
+def _rewritten(request: vix.Request | None, code: int) -> int:
+    if request is not None and request.op in LOGIN_AS_PERMISSIONS and code == VixCode.INVALID_LOGIN_CREDENTIALS:
+        return VixCode.GUEST_USER_PERMISSIONS
+    return code
+
+
 @dataclass
 class _PagedListing:
     text: bytes
@@ -133,7 +143,7 @@ class VixCommandServer:
             result = await self._perform(request)
             return vix.Reply(VixCode.OK, 0, result, binary=request.binary_reply, marked=True).encode()
         except VixOperationError as error:
-            code, errno = error.code, error.errno
+            code, errno = _rewritten(request, error.code), error.errno
             self.log.info("Vix op {op} failed: {error}", op=request and request.op, error=str(error))
         except vix.VixCodecError as error:
             code, errno = error.code, 0
@@ -152,7 +162,8 @@ class VixCommandServer:
     async def _perform(self, request: vix.Request) -> bytes:
         op = request.op
         extra = self.extra_ops.get(op)
-        body = vix.decode_body(op, request.body) if extra is None else vix.NoBody()
+        # An extra op the codec knows is checked before the login too (an HGFS request without a packet).
+        body = vix.decode_body(op, request.body) if extra is None or op in vix.BODIES else vix.NoBody()
         self._check_enabled(op)
         if op == Op.GET_TOOLS_STATE:
             return self._properties()

@@ -142,6 +142,19 @@ DELIBERATE: dict[str, Deliberate] = {
         "which reads as success; ours lists -1, so `guest run` and vSphere clients can tell a killed program from "
         "one that succeeded.",
     ),
+    "vix-from-guest-archive": Deliberate(
+        Observation(f"OK, size {(1 << 63) - 1}, type 0"),
+        "`/archive:/path` (with `?format=tgz` and `prefix=`) names a tree moved as a tar stream, as the Go "
+        "toolbox serves it; vmtoolsd knows no such path.  Our checks read it as the HGFS server does: the tree must "
+        "exist and be readable by the account, and the size is unknown (the VMX reads until an empty read).  A "
+        "directory named as it is stays NotAFile, as in vmtoolsd; `IGuestOperations` asks for its archive then.",
+    ),
+    "vix-to-guest-archive": Deliberate(
+        Observation("OK"),
+        "an upload to `/archive:/path` unpacks a tar stream into that directory (new, or existing with "
+        "overwrite): our checks ask what unpacking needs (a writable parent, or a writable directory); vmtoolsd "
+        "knows no such path.",
+    ),
     "set-option-empty": Deliberate(
         Observation("'ERROR Unknown or invalid option'"),
         "vmtoolsd 12.2 answers `OK` and acts on an option with no value (here it even broadcasts the IP); ours "

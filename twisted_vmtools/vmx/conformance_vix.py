@@ -25,9 +25,10 @@ import psutil
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from ..codecs import vix
+from ..codecs import hgfs, vix
 from ..codecs.vix import Credentials, Op
 from .guest_operations import FileAttributes, GuestOperationError, GuestOperations, ProgramSpec
+from .hgfs_client import HGFSClient, HGFSClientError, with_session
 
 NO_ACCOUNT = "not run: creating the test account needs root and useradd"
 
@@ -114,6 +115,9 @@ def make_tree(root: str, account: Account) -> None:
     os.mkdir(locked, 0o755)
     with open(os.path.join(locked, "roots"), "wb") as f:
         f.write(b"root's")
+    with open(os.path.join(locked, "secret"), "wb") as f:  # root's only: the account may not read it
+        f.write(b"secret")
+    os.chmod(os.path.join(locked, "secret"), 0o600)
 
 
 def _outcome(error: GuestOperationError) -> str:
@@ -219,6 +223,36 @@ def _unknown_op(ctx: Context) -> bytes:
     return b'"x"\0' + request.encode()
 
 
+async def _hgfs(ctx: Context, work: Callable[[HGFSClient], Awaitable[str]], login: Credentials | None = None) -> str:
+    """``work`` in an HGFS session whose packets are Vix HGFS_SEND_PACKET commands with the login, as the VMX
+    moves a transfer: the guest performs each as the account.  Packets fit vmtoolsd's 64 KiB Vix reply."""
+    try:
+        result: str = await with_session(ctx.ops.hgfs_sender(login or ctx.account.login), work,
+                                         max_packet=hgfs.LEGACY_LARGE_PACKET_MAX)
+    except GuestOperationError as error:
+        return _outcome(error)
+    except HGFSClientError as error:
+        return f"HGFS {hgfs.Status(error.status).name}" if error.status in hgfs.Status._value2member_map_ \
+            else f"HGFS status {error.status}"
+    return result
+
+
+async def _hgfs_read(client: HGFSClient, path: str) -> str:
+    got = bytearray()
+    count = await client.download(path, got.extend)
+    return f"OK, {count} bytes {bytes(got)!r}"
+
+
+async def _hgfs_write(ctx: Context, client: HGFSClient, path: str) -> str:
+    chunks = iter([b"uploaded"])
+    await client.upload(path, lambda n: next(chunks, b""), permissions=0o640)
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    mine = (st.st_uid, st.st_gid) == (ctx.account.uid, ctx.account.gid)
+    return f"OK, {data!r}, mode {st.st_mode & 0o7777:o}, the account's {mine}"
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -307,6 +341,23 @@ def _steps() -> tuple[Step, ...]:
           lambda c: _ok(c.ops.initiate_file_transfer_to_guest(login(c), c.path("new"), FileAttributes(), 3))),
         s("to-guest-dir", "InitiateFileTransferToGuest onto a directory",
           lambda c: _ok(c.ops.initiate_file_transfer_to_guest(login(c), c.path("a"), FileAttributes(), 3, True))),
+        s("from-guest-archive", "InitiateFileTransferFromGuest of `/archive:<root>?format=tgz`",
+          lambda c: _ok(c.ops.initiate_file_transfer_from_guest(login(c), f"/archive:{c.root}?format=tgz"),
+                        lambda info: f"OK, size {info.size}, type {info.attributes.type}")),
+        s("to-guest-archive", "InitiateFileTransferToGuest of `/archive:<root>/unpacked` (a new directory)",
+          lambda c: _ok(c.ops.initiate_file_transfer_to_guest(login(c), f"/archive:{c.path('unpacked')}",
+                                                              FileAttributes(), 0))),
+        s("hgfs-read", "HGFS_SEND_PACKET as the account: read its file",
+          lambda c: _hgfs(c, lambda client: _hgfs_read(client, c.path("file")))),
+        s("hgfs-read-denied", "HGFS_SEND_PACKET as the account: read root's 0600 file",
+          lambda c: _hgfs(c, lambda client: _hgfs_read(client, c.path("locked", "secret")))),
+        s("hgfs-write", "HGFS_SEND_PACKET as the account: create a file (mode 0640)",
+          lambda c: _hgfs(c, lambda client: _hgfs_write(c, client, c.path("uploaded")))),
+        s("hgfs-write-denied", "HGFS_SEND_PACKET as the account: create a file in root's directory",
+          lambda c: _hgfs(c, lambda client: _hgfs_write(c, client, c.path("locked", "planted")))),
+        s("hgfs-bad-login", "HGFS_SEND_PACKET with a wrong password",
+          lambda c: _hgfs(c, lambda client: _hgfs_read(client, c.path("file")),
+                          Credentials(c.account.name, "wrong"))),
         s("start", "StartProgram `/bin/sh -c 'exit 3'`, then ListProcesses",
           lambda c: _program(c, ProgramSpec("/bin/sh", "-c 'exit 3'", c.root))),
         s("start-as-user", "StartProgram writes `id -u`: the account's uid",
