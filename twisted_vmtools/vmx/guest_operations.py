@@ -145,12 +145,16 @@ class IGuestOperations(Interface):
     def download(auth: Credentials, guest_file_path: str, write: Callable[[bytes], object]) -> Deferred[int]:
         """InitiateFileTransferFromGuest, then the bytes over HGFS into ``write`` (e.g. an
         ``IConsumer``'s ``write``; a Deferred it returns is waited for); fires with the count.
-        A directory (or ``/archive:/path[?format=tgz]``) comes as a tar stream."""
+        The packets carry the login: the guest reads as that account.  A directory (or
+        ``/archive:/path[?format=tgz&prefix=…]``) comes as a tar stream; ``/proc/<pid>/stdout|stderr``
+        of a program started with I/O streams its output."""
 
     def upload(auth: Credentials, guest_file_path: str, read: Callable[[int], bytes | Awaitable[bytes]],
                file_attributes: FileAttributes | None = None, overwrite: bool = False) -> Deferred[int]:
         """InitiateFileTransferToGuest, then ``read(n)`` (until b"") over HGFS, then the attributes;
-        fires with the count.  The guest renames the upload into place only when it is complete."""
+        fires with the count.  The guest writes as the login's account and renames the upload into
+        place only when it is complete.  To a directory (or ``/archive:/path``) ``read`` is a tar
+        stream, unpacked there; to ``/proc/<pid>/stdin`` it feeds the program."""
 
 
 @implementer(IGuestOperations)
