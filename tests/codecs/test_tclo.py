@@ -81,3 +81,17 @@ def test_is_reply_agrees_with_parse_reply(data: bytes) -> None:
         parses = False
     assert tclo.is_reply(data) is parses
     assert tclo.is_reply(b"OK " + data) and tclo.is_reply(b"ERROR " + data)
+
+
+@given(st.binary(max_size=60))
+@example(b"name\0")
+@example(b"f ")
+def test_command_name_agrees_with_parse_command(data: bytes) -> None:
+    try:
+        parsed = tclo.parse_command(data)
+    except tclo.TCLOError:
+        with pytest.raises(tclo.TCLOError):
+            tclo.command_name(data)
+        return
+    name, start = tclo.command_name(data)
+    assert (name, data[start:]) == (parsed.name, parsed.args)

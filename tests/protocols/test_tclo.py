@@ -175,3 +175,24 @@ def test_a_body_in_pieces_is_joined_once_behind_ok() -> None:
     data = bytes(range(256)) * 4
     dispatcher.register(b"f", lambda args: [b"head:", memoryview(data)[4:], args])
     assert reply_of(dispatcher, b"f tail") == b"OK head:" + data[4:] + b"tail"
+
+
+def test_a_handler_registered_for_views_gets_its_arguments_uncopied() -> None:
+    dispatcher = TCLODispatcher()
+    seen: list[object] = []
+
+    def handler(args: bytes) -> bytes:
+        seen.append(args)
+        return bytes(args[:3])
+
+    dispatcher.register(b"f", handler, views=True)
+    dispatcher.register(b"g", handler)
+    command = b"f " + bytes(range(256)) * 10
+    assert reply_of(dispatcher, command) == b"OK \x00\x01\x02"
+    view = seen[0]
+    assert isinstance(view, memoryview) and view.obj is command and view == command[2:]
+    assert reply_of(dispatcher, b"g xyz") == b"OK xyz" and type(seen[1]) is bytes
+    assert reply_of(dispatcher, b"f") == b"OK " and seen[2] == b""
+    dispatcher.unregister(b"f")
+    dispatcher.register(b"f", handler)
+    assert reply_of(dispatcher, b"f abc") == b"OK abc" and type(seen[3]) is bytes

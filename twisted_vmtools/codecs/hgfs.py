@@ -1070,7 +1070,7 @@ def reply_pieces(
     return packet_pieces(request.reply(status, session_id), body, reply=True)
 
 
-def error_reply(data: bytes, status: int = Status.PROTOCOL_ERROR) -> bytes:
+def error_reply(data: Data, status: int = Status.PROTOCOL_ERROR) -> bytes:
     """A reply to a packet whose header could not be read: the request id if there is one."""
     request_id = _U32.unpack_from(data)[0] if len(data) >= 4 else 0
     return _LEGACY.pack(request_id, status)

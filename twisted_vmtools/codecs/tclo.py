@@ -65,12 +65,20 @@ def parse_command(data: bytes) -> TCLOCommand:
     A trailing NUL after a bare name, which some senders include, is not part
     of it; arguments stay byte-exact (they may be binary).
     """
-    name, space, args = data.partition(b" ")
-    if not space and name.endswith(b"\0"):
-        name = name[:-1]
+    name, start = command_name(data)
+    return TCLOCommand(name, data[start:])
+
+
+def command_name(data: bytes) -> tuple[bytes, int]:
+    """A command's name and where its arguments start, without copying them (`parse_command`'s rules)."""
+    space = data.find(b" ")
+    if space < 0:
+        name, start = (data[:-1] if data.endswith(b"\0") else data), len(data)
+    else:
+        name, start = data[:space], space + 1
     if not name or b"\0" in name:
         raise TCLOError("TCLO command has no name")
-    return TCLOCommand(name, args)
+    return name, start
 
 
 def parse_option(args: bytes) -> tuple[bytes, bytes]:

@@ -173,7 +173,7 @@ class HGFSServer(Service):
     def install(self, dispatcher: TCLODispatcher, rpci: RPCI | None = None) -> None:
         for temp in self.journal.clean():
             self.log.info("removed {temp}, an upload cut off by the last stop", temp=temp)
-        dispatcher.register(COMMAND, self.command)
+        dispatcher.register(COMMAND, self.command, views=True)
 
     def stopService(self) -> None:
         super().stopService()
@@ -186,7 +186,7 @@ class HGFSServer(Service):
 
     # --- the TCLO command -------------------------------------------------------------------------------------
 
-    def command(self, args: bytes) -> bytes | list[hgfs.Data] | Deferred[bytes]:
+    def command(self, args: hgfs.Data) -> bytes | list[hgfs.Data] | Deferred[bytes]:
         if not args:
             raise TCLOHandlerError(NO_ARGUMENT)
         # A reply made at once goes in pieces for the dispatcher to join behind its ``OK ``:
@@ -198,7 +198,7 @@ class HGFSServer(Service):
         reply = self._reply(data)
         return b"".join(reply) if isinstance(reply, list) else reply
 
-    def _reply(self, data: bytes) -> bytes | list[hgfs.Data] | Deferred[bytes]:
+    def _reply(self, data: hgfs.Data) -> bytes | list[hgfs.Data] | Deferred[bytes]:
         try:
             header, body = hgfs.decode_request_header(data)
         except HGFSPacketError as error:
