@@ -173,6 +173,7 @@ class BackdoorChannel:
         self._stopped = False  # after stop, RPCI is refused too
         self._in_poll = False  # a poll is under way: an immediate answer needs no new timer
         self._poll_again = False
+        self._immediate: tuple[bytes, int] | None = None  # a handler's answer given at once, and its run
         self._loop = PollLoop(self)
 
     def _run(self, steps: Generator[BackdoorCall, BackdoorResult, T]) -> T:
@@ -239,6 +240,11 @@ class BackdoorChannel:
         except Exception:
             answer = defer.fail()
         generation = self._generation
+        if answer.called and isinstance(answer.result, bytes):
+            # Answered at once (most commands): the poll delivers it once this transition is
+            # over, rather than through the Deferred's callbacks and a postponed machine input.
+            self._immediate = (answer.result, generation)
+            return
         answer.addCallbacks(
             self._deliver, self._handler_failed, callbackArgs=(generation,), errbackArgs=(command, generation)
         )
@@ -300,6 +306,9 @@ class BackdoorChannel:
             return
         if command:
             self._loop.received(command)
+            if self._immediate is not None:
+                (reply, generation), self._immediate = self._immediate, None
+                self._deliver(reply, generation)
             return
         delay = POLL_DELAYS[min(self._empty_polls, _LAST_DELAY)]
         self._empty_polls += 1
