@@ -270,3 +270,26 @@ def test_a_connection_lost_before_the_endpoint_reports_it_fails_the_waiting_call
     assert "closed at once" in failure_of(reply).getErrorMessage()
     rpci.call(b"b")
     assert len(endpoint.pending) == 1
+
+
+def test_a_caller_calling_again_from_its_errback_after_stop_is_refused_too() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock())
+    again: list[Deferred[bytes]] = []
+    rpci.call(b"a").addErrback(lambda _: again.append(rpci.call(b"a again")))
+    rpci.stop()  # the errback runs inside the transition to "stopped"; its call waits for it to end
+    assert len(again) == 1 and "stopped" in failure_of(again[0]).getErrorMessage()
+    assert len(endpoint.pending) == 1  # no second connect
+
+
+def test_a_retried_call_waits_for_the_new_connection_behind_calls_made_meanwhile() -> None:
+    endpoint = SlowEndpoint()
+    rpci = connection(endpoint, Clock(), retry_lost=True)
+    first = rpci.call(b"a")
+    protocol, _ = endpoint.complete()
+    lose(protocol)  # "a" goes again, on a connection being made
+    second = rpci.call(b"b")
+    replacement, transport = endpoint.complete()
+    assert sent(transport) == [b"a", b"b"]
+    replacement.dataReceived(VsockPacket.data(b"1 a").encode() + VsockPacket.data(b"1 b").encode())
+    assert (result_of(first), result_of(second)) == (b"1 a", b"1 b")
