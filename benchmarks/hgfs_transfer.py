@@ -41,8 +41,10 @@ from twisted.internet.task import LoopingCall, deferLater, react
 
 from twisted_vmtools.codecs import hgfs
 from twisted_vmtools.codecs.datamap import VsockPacket
+from twisted_vmtools.codecs.vix import Credentials
 from twisted_vmtools.framing import widen_socket
 from twisted_vmtools.heap import keep_packets_in_heap
+from twisted_vmtools.vmx.guest_operations import GuestOperations
 from twisted_vmtools.vmx.hgfs_client import HGFSClient, tclo_sender
 from twisted_vmtools.vmx.model import VMX
 from twisted_vmtools.vmx.simulator import SimulatorService
@@ -156,14 +158,15 @@ def file_io(workdir: str, source: str, size: int, packet: int) -> tuple[float, f
     return rates[0], rates[1]
 
 
-async def hgfs_run(reactor: Any, workdir: str, source: str, size: int, packet: int, repeat: int) -> dict[str, Any]:
+async def hgfs_run(reactor: Any, workdir: str, source: str, size: int, packet: int, repeat: int,
+                   vix: bool = False) -> dict[str, Any]:
     where = os.path.join(workdir, "vmx.sock")
     vmx = VMX(reactor, ping_interval=60)
     simulator = SimulatorService(reactor, where, vmx=vmx)
     simulator.startService()
     guest = subprocess.Popen(
         [*TWISTD, "vmtools", "--transport", f"unix:{where}", "--guestinfo-interval", "0",
-         "--transfer-state", os.path.join(workdir, "state")],
+         "--transfer-state", os.path.join(workdir, "state"), *(["--auth", "none"] if vix else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -176,8 +179,10 @@ async def hgfs_run(reactor: Any, workdir: str, source: str, size: int, packet: i
         sampler = LoopingCall(lambda: peak.append(process.memory_info().rss))
         sampler.clock = reactor
         sampler.start(0.05)
-        client = HGFSClient(tclo_sender(lambda command: vmx.send(command, timeout=60)),
-                            max_packet=packet + hgfs.V4_HEADER_SIZE + 25)
+        send = lambda command: vmx.send(command, timeout=60)  # noqa: E731
+        # --vix: as a transfer of guest operations moves, each packet a Vix HGFS_SEND_PACKET with a login.
+        sender = GuestOperations(send).hgfs_sender(Credentials("bench", "bench")) if vix else tclo_sender(send)
+        client = HGFSClient(sender, max_packet=packet + hgfs.V4_HEADER_SIZE + 25)
         await client.start()
         runs = [await _transfers(client, process, workdir, source, size) for _ in range(repeat)]
         await client.stop()
@@ -227,12 +232,13 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         raw = [ceiling(size, args.packet) for _ in range(args.repeat)]
         raw_up, raw_down = max(r[0] for r in raw), max(r[1] for r in raw)
         disk = [file_io(workdir, source, size, args.packet) for _ in range(args.repeat)]
-        figures = await hgfs_run(reactor, workdir, source, size, args.packet, args.repeat)
+        figures = await hgfs_run(reactor, workdir, source, size, args.packet, args.repeat, args.vix)
     print(f"{args.size} MiB, {args.packet:,}-byte packets, Unix socket, two processes, best of {args.repeat}\n")
     print("| | upload MB/s | download MB/s |")
     print("|---|---|---|")
     print(f"| ceiling: raw socket, same packets, request/response | {raw_up:,.0f} | {raw_down:,.0f} |")
-    print(f"| HGFS over TCLO (stream transport) | {figures['upload']:,.0f} ({figures['upload'] / raw_up:.0%}) "
+    path = "HGFS in Vix HGFS_SEND_PACKET over TCLO" if args.vix else "HGFS over TCLO"
+    print(f"| {path} (stream transport) | {figures['upload']:,.0f} ({figures['upload'] / raw_up:.0%}) "
           f"| {figures['download']:,.0f} ({figures['download'] / raw_down:.0%}) |")
     print(f"| the guest's file I/O alone (pwrite / pread, same packets) | {max(d[0] for d in disk):,.0f} "
           f"| {max(d[1] for d in disk):,.0f} |")
@@ -248,5 +254,7 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=256, help="MiB to move each way")
     parser.add_argument("--packet", type=int, default=hgfs.LARGE_IO_MAX, help="data bytes per HGFS packet")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the best is shown")
+    parser.add_argument("--vix", action="store_true",
+                        help="packets as Vix HGFS_SEND_PACKET with a login (the guest accepts any: --auth none)")
     arguments = parser.parse_args()
     react(lambda reactor: ensureDeferred(main(reactor, arguments)))

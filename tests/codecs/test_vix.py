@@ -223,3 +223,18 @@ def test_text_that_is_not_utf8_is_refused_or_listed_as_vmtoolsd_does() -> None:
     assert [(f.name, f.symlink_target) for f in vix.decode_file_listing(listing).files] == [
         ("\ufffd\ufffd\ufffd", ""), ("link", "\ufffd\ufffd\ufffd")
     ]
+
+
+@pytest.mark.parametrize("body", [vix.HgfsPacket(b"\x01\x02" * 100, 7), vix.ListFiles("/tmp", "x", 1, 2),
+                                  vix.TransferToGuest("/a", True)])
+@pytest.mark.parametrize("login", [None, vix.Credentials("u", "p")])
+def test_a_relayed_request_in_one_join_is_the_same_bytes(body: vix.Body, login: vix.Credentials | None) -> None:
+    op = body.OPS[0]
+    joined = vix.relayed_request(op, body, login, cookie=9, name=b"9")
+    assert joined == vix.relayed_command(vix.build_request(op, body, login, cookie=9).encode(), b"9")
+
+
+def test_a_binary_relayed_reply_is_a_view_after_its_mark() -> None:
+    reply = vix.decode_reply(b"0 0 #\x00\x01rest", binary=True, marked=True)
+    assert isinstance(reply.result, memoryview) and bytes(reply.result) == b"\x00\x01rest"
+    assert vix.decode_reply(b"3015 0 #", binary=True, marked=True).error == 3015

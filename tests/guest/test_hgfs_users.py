@@ -287,3 +287,30 @@ def test_an_oversized_frame_ends_the_connection() -> None:
     receiver.makeConnection(transport)
     receiver.dataReceived(FRAME.pack(MAX_FRAME + 1, 1) + b"x")
     assert transport.disconnecting and not receiver.frames
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_an_upload_cut_off_in_a_helper_leaves_nothing(shared: Path) -> None:
+    """The tools stop (or the helper goes) halfway through an upload: no temporary, no target, a helper gone."""
+    nobody = GuestUser.from_passwd(pwd.getpwnam("nobody"))
+    server = HGFSServer(global_reactor, handlers=helper_handlers(global_reactor))  # type: ignore[arg-type]
+    users = UserHGFS(global_reactor, server)
+    client = HGFSClient(lambda packet: maybeDeferred(users.packet, packet, nobody))  # type: ignore[call-overload]
+    await client.start()
+    handle = await client.open(str(shared / "half"), OpenMode.WRITE_ONLY, OpenFlags.CREATE_SAFE, 0o644)
+    await client.write(handle, 0, os.urandom(300_000))
+    assert [p.name for p in shared.iterdir()] and not (shared / "half").exists()  # the temporary, owned by nobody
+    assert all(p.stat().st_uid == nobody.uid for p in shared.iterdir())
+    helper = users.helpers[nobody.uid]
+    ended: Deferred[None] = Deferred()
+    original = helper.process.processEnded
+
+    def noted(reason: Any) -> None:
+        original(reason)
+        ended.callback(None)
+
+    helper.process.processEnded = noted  # type: ignore[method-assign]
+    users.stop()
+    await ended
+    assert list(shared.iterdir()) == [] and not users.routes and not users.helpers

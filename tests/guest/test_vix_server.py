@@ -334,7 +334,7 @@ def test_a_transfers_packets_reuse_a_recent_login_and_a_refused_one_is_a_permiss
     clock = Clock()
     logins = CountingLogins()
     server = make_server(clock, authenticator=logins)
-    server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: vix.HgfsPacket.decode(request.body).packet)
+    server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: bytes(vix.HgfsPacket.decode(request.body).packet))
     for _ in range(5):
         reply = hgfs_call(server, LOGIN)
         assert reply.ok and reply.result == b"\x01" * 8

@@ -138,7 +138,7 @@ class _Frames(Protocol):
             self._pieces.append(joined[count:])
         return joined[:count]
 
-    def sendFrame(self, tag: int, payload: bytes) -> None:  # noqa: N802
+    def sendFrame(self, tag: int, payload: hgfs.Data) -> None:  # noqa: N802
         pieces = [FRAME.pack(len(payload), tag), payload]
         sent = 0
         if self._socket is not None and drained(self.transport):
@@ -146,9 +146,7 @@ class _Frames(Protocol):
                 sent = self._socket.sendmsg(pieces)
             except OSError:
                 sent = 0  # would block, or an error the transport's own write meets and reports
-        if sent == 0:
-            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
-        elif sent < FRAME.size + len(payload):
+        if sent < FRAME.size + len(payload):
             self.transport.write(b"".join(pieces)[sent:])  # type: ignore[union-attr]
 
     def frameReceived(self, tag: int, payload: bytes) -> None:  # noqa: N802
@@ -190,7 +188,7 @@ class _ToolsSide(_Frames):
         self._tags = count(1)
         self._pending: dict[int, Deferred[bytes]] = {}
 
-    def request(self, packet: bytes) -> Deferred[bytes]:
+    def request(self, packet: hgfs.Data) -> Deferred[bytes]:
         tag = next(self._tags) & 0xFFFFFFFF
         answer: Deferred[bytes] = Deferred()
         self._pending[tag] = answer
@@ -264,7 +262,7 @@ class UserHelper:
             ours.close()
             theirs.close()
 
-    def request(self, packet: bytes) -> Deferred[bytes]:
+    def request(self, packet: hgfs.Data) -> Deferred[bytes]:
         if not self.alive:
             return fail(HelperGone(f"the HGFS helper of {self.user.name} ended"))
         self._cancel_idle()
@@ -350,17 +348,17 @@ class UserHGFS:
         packet = vix.HgfsPacket.decode(request.body).packet
         return self.packet(packet, user)
 
-    def packet(self, data: bytes, user: GuestUser) -> bytes | Deferred[bytes]:
+    def packet(self, data: hgfs.Data, user: GuestUser) -> bytes | Deferred[bytes]:
         """The reply to one HGFS request packet, performed as ``user``."""
         try:
             header, body = hgfs.decode_request_header(data)
         except hgfs.HGFSError:
-            return self.server.packet(data)  # answered from the packet alone: nothing is touched
+            return self.server.packet(bytes(data))  # answered from the packet alone: nothing is touched
         route = self.routes.get(header.session_id) if header.session_id is not None else None
         if route is not None and route.helper.user.uid != user.uid:
             return _status(header, Status.STALE_SESSION)  # another account's session
         if user.is_service_user:
-            return self.server.packet(data)
+            return self.server.packet(data)  # type: ignore[arg-type]  # its codec decodes views
         if route is None and not header.legacy and header.op != Op.CREATE_SESSION_V4:
             return _status(header, Status.STALE_SESSION)  # none of this account's sessions
         try:
@@ -394,7 +392,7 @@ class UserHGFS:
             if route is not None:
                 self.server.close_session(session_id)
 
-    def _in_helper(self, data: bytes, header: Header, route: _Route | None, user: GuestUser) -> Deferred[bytes]:
+    def _in_helper(self, data: hgfs.Data, header: Header, route: _Route | None, user: GuestUser) -> Deferred[bytes]:
         helper = route.helper if route is not None else self._helper(user)
         replying = helper.request(data)
         if header.op == Op.CREATE_SESSION_V4:
@@ -459,7 +457,7 @@ class UserHGFS:
             raise _Denied(path)
         return True
 
-    def _here(self, data: bytes, header: Header, route: _Route) -> bytes | Deferred[bytes]:
+    def _here(self, data: hgfs.Data, header: Header, route: _Route) -> bytes | Deferred[bytes]:
         assert header.session_id is not None
         self.server.adopt_session(header.session_id)
         replying: Deferred[bytes] = maybeDeferred(self.server.packet, data)  # type: ignore[call-overload]

@@ -43,16 +43,15 @@ class VixClient:
         """The result of ``op``; `GuestOperationError` for a Vix error or a guest that cannot answer."""
         cookie = next(self._cookies)
         try:
-            request = vix.build_request(op, body, credentials, cookie=cookie)
+            command = vix.relayed_request(op, body, credentials, cookie=cookie, name=b"%d" % cookie)
         except vix.VixCodecError as error:  # what no request can carry (a NUL, text that is not UTF-8)
             raise GuestOperationError(error.code, str(error)) from None
-        command = vix.relayed_command(request.encode(), b"%d" % cookie)
         try:
             reply = await self.send(command)
         except Exception as error:
             raise GuestOperationError(TOOLS_NOT_RUNNING, f"the guest did not answer: {error}",
                                       fault="GuestOperationsUnavailable") from None
-        return decode_tclo_reply(reply, binary=request.binary_reply)
+        return decode_tclo_reply(reply, binary=isinstance(body, vix.HgfsPacket))
 
 
 def decode_tclo_reply(reply: bytes, *, binary: bool = False) -> bytes:
@@ -67,7 +66,8 @@ def decode_tclo_reply(reply: bytes, *, binary: bool = False) -> bytes:
                                       fault="OperationNotSupportedByGuest")
         raise GuestOperationError(VixCode.FAIL, f"the guest refused the command: {text}")
     try:
-        decoded = vix.decode_reply(reply[len(OK_PREFIX) :], binary=binary, marked=binary)
+        tail = memoryview(reply)[len(OK_PREFIX) :] if binary else reply[len(OK_PREFIX) :]
+        decoded = vix.decode_reply(tail, binary=binary, marked=binary)
     except vix.VixCodecError as error:
         raise GuestOperationError(VixCode.FAIL, str(error)) from None
     if not decoded.ok:
