@@ -2,8 +2,9 @@
 
 24 hours of a VMX's pings, compressed: ``twistd -n vmtools --transport unix:PATH``
 runs as a subprocess and this process is its VMX, answering the guest's RPCI
-requests and sending ``ping`` after ``ping`` over the TCLO connection as fast
-as the guest answers (one at a time, as a VMX does).  The VMX here is a
+requests, greeting it as a VMX does (``reset``, ``Capabilities_Register``,
+the options), then sending ``ping`` after ``ping`` over the TCLO connection as
+fast as the guest answers (one at a time, as a VMX does).  The VMX here is a
 minimal one, blocking sockets and the project's DataMap codec, with nothing
 kept per command: the fastest path, and the memory measured is the guest's
 alone (the simulator's RPC log is the VMX's memory, not the guest's).
@@ -31,9 +32,9 @@ from collections.abc import Callable
 
 from twisted_vmtools.codecs.datamap import PacketDecoder, PacketType, VsockPacket, VsockPacketError
 from twisted_vmtools.codecs.stream import PREAMBLE_SIZE, StreamKind, parse_preamble
+from twisted_vmtools.vmx.lifecycle import start_sequence
 
 PING = VsockPacket.data(b"ping").encode()
-RESET = VsockPacket.data(b"reset").encode()
 OK = b"OK "
 
 
@@ -76,7 +77,8 @@ class Connection:
 
 
 class MinimalVMX:
-    """Answers RPCI with ``1 `` and plays TCLO: ``reset``, then ``ping`` after each reply."""
+    """Answers RPCI with ``1 `` and plays TCLO: a VMX's start sequence (``reset``,
+    ``Capabilities_Register``, the ``Set_Option``s: docs/vmx-lifecycle.md), then ``ping`` after each reply."""
 
     def __init__(self, listener: socket.socket, pings: int, on_reply: Callable[[int], None]) -> None:
         self.listener = listener
@@ -85,7 +87,9 @@ class MinimalVMX:
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.tclo: Connection | None = None
+        self.greeting = [VsockPacket.data(command).encode() for command in start_sequence()]
         self.replies = 0  # ping replies so far
+        self.sent_pings = 0
         self.rpci_requests = 0
 
     def run(self, deadline: float) -> None:
@@ -117,20 +121,22 @@ class MinimalVMX:
                 raise SystemExit(f"ping_memory: unexpected channel {connection.kind}")
         if connection.kind is StreamKind.TCLO and self.tclo is None:
             self.tclo = connection
-            connection.sock.sendall(RESET)
+            connection.sock.sendall(self.greeting.pop(0))
 
     def _tclo(self, connection: Connection, packet: VsockPacket) -> None:
         if packet.type is PacketType.PING:
             return  # the guest's heartbeat
         reply = packet.payload or b""
-        if reply.startswith(b"OK ATR"):
-            pass  # the reset's answer: the pings start
-        elif reply == OK:
+        if self.greeting:  # a refusal (ERROR) does not stop a VMX's greeting either
+            connection.sock.sendall(self.greeting.pop(0))
+            return
+        if self.sent_pings:
+            if reply != OK:
+                raise SystemExit(f"ping_memory: the guest answered ping with {reply[:80]!r}")
             self.replies += 1
             self.on_reply(self.replies)
-        else:
-            raise SystemExit(f"ping_memory: unexpected TCLO reply {reply[:80]!r}")
         if self.replies < self.pings:
+            self.sent_pings += 1
             connection.sock.sendall(PING)
 
 
