@@ -67,10 +67,9 @@ def test_calls_made_while_connecting_leave_in_call_order() -> None:
 def test_a_failed_connect_fails_the_waiting_calls_and_the_next_call_tries_again() -> None:
     endpoint = SlowEndpoint()
     rpci = connection(endpoint, Clock())
-    results: list[object] = []
-    rpci.call(b"a").addBoth(results.append)
+    reply = rpci.call(b"a")
     endpoint.pending.pop(0)[1].errback(ConnectionRefusedError("no VMX"))
-    assert results and results[0].check(ChannelError)  # type: ignore[attr-defined]
+    assert failure_of(reply).check(ChannelError)
     rpci.call(b"b")
     assert len(endpoint.pending) == 1
 
@@ -79,11 +78,10 @@ def test_timeout_fails_the_call_and_drops_the_connection() -> None:
     endpoint = SlowEndpoint()
     clock = Clock()
     rpci = connection(endpoint, clock)
-    results: list[object] = []
-    rpci.call(b"a").addBoth(results.append)
+    reply = rpci.call(b"a")
     _, transport = endpoint.complete()
     clock.advance(31)
-    assert results and results[0].check(ChannelError)  # type: ignore[attr-defined]
+    assert failure_of(reply).check(ChannelError)
     assert transport.disconnecting
 
 

@@ -5,16 +5,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
+from tests.support import result_of
 from twisted_vmtools.channels.interfaces import ITCLOCommands
 from twisted_vmtools.protocols.tclo import AlreadyRegistered, TCLODispatcher, TCLOHandlerError
 
 
 def reply_of(dispatcher: TCLODispatcher, command: bytes) -> bytes:
-    results: list[object] = []
-    dispatcher.handle(command).addBoth(results.append)
-    assert len(results) == 1
-    assert isinstance(results[0], bytes)
-    return results[0]
+    reply = result_of(dispatcher.handle(command))
+    assert isinstance(reply, bytes)
+    return reply
 
 
 def test_handler_gets_arguments_after_one_space() -> None:

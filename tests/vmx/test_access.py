@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from tests.support import Harness
+from tests.support import Harness, outcome_of
 from tests.vmx.peers import connect_raw
 from twisted_vmtools.codecs.stream import StreamKind
 from twisted_vmtools.vmx.access import (
@@ -51,10 +51,9 @@ def connect_control(harness: Harness, secret: bytes | None = None) -> tuple[Cont
 
 
 def status_through(harness: Harness, client: ControlClient) -> object:
-    results: list[object] = []
-    client.callRemote(Status).addBoth(results.append)
+    called = client.callRemote(Status)
     harness.settle()
-    return results[0]
+    return outcome_of(called)
 
 
 def test_a_connection_that_names_no_channel_times_out_and_the_guest_goes_on() -> None:

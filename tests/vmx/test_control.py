@@ -7,7 +7,7 @@ import json
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from tests.support import Harness
+from tests.support import Harness, result_of
 from twisted_vmtools.vmx.control import ControlClient, GuestInfoGet, GuestInfoSet, RPCLog, SendTCLO, Status
 from twisted_vmtools.vmx.power import PowerOp
 from twisted_vmtools.vmx.tclo_queue import NoGuest
@@ -22,11 +22,11 @@ def control(harness: Harness) -> ControlClient:
 
 
 def call(harness: Harness, client: ControlClient, amp_command: type, **arguments: object) -> dict[str, object]:
-    results: list[object] = []
-    client.callRemote(amp_command, **arguments).addBoth(results.append)
+    called = client.callRemote(amp_command, **arguments)
     harness.settle()
-    assert results and isinstance(results[0], dict), results
-    return results[0]
+    answer = result_of(called)
+    assert isinstance(answer, dict), answer
+    return answer
 
 
 def test_values_beyond_amps_64_kib_go_through_whole() -> None:
