@@ -138,15 +138,18 @@ class _Frames(Protocol):
             self._pieces.append(joined[count:])
         return joined[:count]
 
-    def sendFrame(self, tag: int, payload: hgfs.Data) -> None:  # noqa: N802
-        pieces = [FRAME.pack(len(payload), tag), payload]
+    def sendFrame(self, tag: int, payload: hgfs.Data | list[hgfs.Data]) -> None:  # noqa: N802
+        """One frame from ``payload`` (bytes, or the pieces a reply is made of: joined only if it must wait)."""
+        body = payload if isinstance(payload, list) else [payload]
+        length = sum(len(piece) for piece in body)
+        pieces = [FRAME.pack(length, tag), *body]
         sent = 0
         if self._socket is not None and drained(self.transport):
             try:
                 sent = self._socket.sendmsg(pieces)
             except OSError:
                 sent = 0  # would block, or an error the transport's own write meets and reports
-        if sent < FRAME.size + len(payload):
+        if sent < FRAME.size + length:
             self.transport.write(b"".join(pieces)[sent:])  # type: ignore[union-attr]
 
     def frameReceived(self, tag: int, payload: bytes) -> None:  # noqa: N802
@@ -167,7 +170,9 @@ class HelperSide(_Frames):
         return Factory.forProtocol(lambda: cls(server, on_close))  # type: ignore[arg-type, return-value]
 
     def frameReceived(self, tag: int, payload: bytes) -> None:  # noqa: N802
-        replying: Deferred[bytes] = maybeDeferred(self.server.packet, payload)  # type: ignore[call-overload]
+        # ``command`` answers a reply made at once in pieces (a ReadV3's data uncopied), as for ``f``.
+        answer = self.server.command if payload else self.server.packet
+        replying: Deferred[Any] = maybeDeferred(answer, payload)  # type: ignore[call-overload]
         replying.addCallback(lambda reply: self.sendFrame(tag, reply))
         replying.addErrback(lambda failure: self.log.failure("HGFS packet", failure))
 
