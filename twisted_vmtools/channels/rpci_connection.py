@@ -6,8 +6,9 @@ Its life cycle is an Automat machine, as Twisted's `ClientService` has one:
     connecting --connect failed--> idle (the calls that waited fail)
     any --stop--> stopped (every call fails; a late connection is closed at once)
 
-A call on a live connection is one transition that loops on ``connected``;
-it costs a TypeMachine input (about a microsecond), no extra Deferred.
+A call on a live connection changes no state: it goes straight to what
+``connected`` does with a send (`RPCIConnection.call`), with no transition to
+look up and no Deferred but the caller's.
 """
 
 from __future__ import annotations
