@@ -34,7 +34,9 @@ from twisted_vmtools.vmx.trapped import process_cpu_seconds, spawn_guest, tclo_o
 MiB = 1 << 20
 
 
-async def measure(reactor: Any, argv: list[str], path: str, size: int, packet: int) -> tuple[float, float]:
+async def measure(
+    reactor: Any, argv: list[str], path: str, size: int, packet: int
+) -> tuple[float, float, float]:
     vmx = VMX(reactor, ping_interval=3600)
     devnull = os.open(os.devnull, os.O_WRONLY)
     program = spawn_guest(reactor, vmx, argv, stdout=devnull, stderr=devnull)
@@ -50,15 +52,19 @@ async def measure(reactor: Any, argv: list[str], path: str, size: int, packet: i
             received[0] += len(data)
 
         daemon = tclo_owner(program)
+        counts: dict[str, int] = program.engine.host.host.counts
+        traps = sum(counts.values())
         cpu = process_cpu_seconds(daemon)
         started = time.perf_counter()
         await client.download(path, count)
         elapsed = time.perf_counter() - started
         used = process_cpu_seconds(daemon) - cpu
+        traps = sum(counts.values()) - traps
         await client.stop()
         if received[0] != size:
             raise RuntimeError(f"{argv[0]}: read {received[0]} bytes of {size}")
-        return size / elapsed / MiB, used * 1000 / (size / MiB)
+        packets = -(-size // packet)
+        return size / elapsed / MiB, used * 1000 / (size / MiB), traps / packets
     finally:
         program.terminate()
         await program.ended
@@ -81,11 +87,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         if shutil.which("vmtoolsd"):
             guests.insert(0, ("vmtoolsd", ["vmtoolsd", "-n", "vmsvc", "-c", conf]))
         print(f"{args.size} MiB read, {args.packet:,}-byte ReadV3 packets, backdoor under the trap engine\n")
-        print("| guest | MB/s | guest CPU ms/MiB |")
-        print("|---|---|---|")
+        print("| guest | MB/s | guest CPU ms/MiB | trapped instructions per packet |")
+        print("|---|---|---|---|")
         for name, argv in guests:
-            rate, cpu = await measure(reactor, argv, path, size, args.packet)
-            print(f"| {name} | {rate:,.1f} | {cpu:.1f} |")
+            rate, cpu, traps = await measure(reactor, argv, path, size, args.packet)
+            print(f"| {name} | {rate:,.1f} | {cpu:.2f} | {traps:.1f} |")
 
 
 if __name__ == "__main__":
