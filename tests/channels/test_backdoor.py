@@ -428,6 +428,42 @@ def test_hypercall_dx(op: BackdoorOp, port: int, flags: int) -> None:
     assert hypercall_dx(call) == pack16(5, flags)
 
 
+def test_a_handler_that_stops_the_channel_and_answers_at_once() -> None:
+    vmx, _, clock, channel = make()
+
+    def stop_then_answer(command: bytes) -> Deferred[bytes]:
+        channel.stop()
+        return defer.succeed(b"OK bye")
+
+    channel.start(Handler(stop_then_answer))
+    vmx.tclo.commands.append(b"ping")
+    clock.advance(0)
+    clock.advance(1)
+    assert b"OK bye" not in vmx.tclo.replies
+    assert not channel.polling
+    assert not clock.getDelayedCalls()
+
+
+def test_a_handler_that_restarts_the_channel_and_answers_at_once() -> None:
+    vmx, _, clock, channel = make()
+    restarted = Handler(immediate)
+
+    def restart_then_answer(command: bytes) -> Deferred[bytes]:
+        channel.stop()
+        channel.start(restarted)
+        return defer.succeed(b"OK from the old run")
+
+    channel.start(Handler(restart_then_answer))
+    vmx.tclo.commands.append(b"ping")
+    clock.advance(0)
+    vmx.tclo.commands.append(b"reset")
+    clock.advance(1)
+    assert b"OK from the old run" not in vmx.tclo.replies
+    assert restarted.commands == [b"reset"]
+    assert vmx.tclo.replies[-1:] == [b"OK reset"]
+    assert channel.polling
+
+
 def test_a_late_answer_from_before_a_restart_is_dropped() -> None:
     vmx, _, clock, channel = make()
     handler = Handler()  # answers only when the test says

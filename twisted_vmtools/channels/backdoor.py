@@ -331,6 +331,9 @@ class BackdoorChannel:
 
     def stop(self) -> Deferred[None]:
         self._stopped = True
+        # At once, not only by the machine: called from a handler, stop's input waits until the
+        # command's transition is over, and a start right after it must find the loop stopped.
+        self._drop_handler()
         self._loop.end()
         self._tclo = self._discard(self._tclo)
         self._rpci = self._discard(self._rpci)
