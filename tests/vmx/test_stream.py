@@ -94,3 +94,14 @@ def test_a_garbled_guestinfo_ip_never_becomes_the_ip_address() -> None:
     assert harness.vmx.status()["guest.ipAddress"] == "192.0.2.44"
     assert harness.rpci(b"info-set guestinfo.ip 2001:db8::5") == b""
     assert harness.vmx.status()["guest.ipAddress"] == "2001:db8::5"
+
+
+def test_the_tclo_stream_is_the_queues_declared_push_channel() -> None:
+    from twisted.internet.task import Clock
+    from zope.interface.verify import verifyObject
+
+    from twisted_vmtools.vmx.model import VMX
+    from twisted_vmtools.vmx.stream import VMXTCLOProtocol
+    from twisted_vmtools.vmx.tclo_queue import ITCLOPusher
+
+    assert verifyObject(ITCLOPusher, VMXTCLOProtocol(VMX(Clock()), "tclo"))
