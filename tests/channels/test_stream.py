@@ -177,6 +177,31 @@ def test_a_failing_handler_still_gets_a_reply_out() -> None:
     assert isinstance(reply, VsockPacket) and reply.payload == b"ERROR no"
 
 
+def test_a_handler_answering_after_the_connection_closed_sends_nothing_and_starts_no_heartbeat() -> None:
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from twisted_vmtools.channels.stream_protocols import GuestTCLOProtocol
+
+    answer: Deferred[bytes] = Deferred()
+
+    class Slow:
+        def handle(self, command: bytes) -> Deferred[bytes]:
+            return answer
+
+    clock = Clock()
+    protocol = GuestTCLOProtocol(Slow(), clock)  # type: ignore[arg-type]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(VsockPacket.data(b"Capabilities_Register").encode() + VsockPacket.data(b"ping").encode())
+    transport.clear()
+    protocol.connectionLost(Failure(ConnectionError("the VMX went away")))
+    answer.callback(b"OK ")  # the reply after close: dropped, and the queued ping with it
+    clock.advance(5)
+    assert transport.value() == b"" and clock.getDelayedCalls() == []
+
+
 def test_stopping_the_vmx_fails_what_is_still_queued() -> None:
     from twisted_vmtools.vmx.tclo_queue import GuestGone
 
