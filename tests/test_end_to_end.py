@@ -15,37 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import REPO, SIM, TWISTD, running, sim, start_simulator, status, stop, wait_for
 from twisted_vmtools.codecs.datamap import VsockPacket, decode_packet
 from twisted_vmtools.codecs.stream import StreamKind
 
 pytestmark = pytest.mark.slow  # processes: see pyproject.toml's markers
 
-REPO = Path(__file__).resolve().parent.parent
 GUEST_IP = "198.51.100.7"
-
-
-def sim(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SIM, *args],
-        capture_output=True, text=True, timeout=60, check=check, cwd=REPO,
-    )
-
-
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-SIM = [sys.executable, "-m", "twisted_vmtools.vmx.cli"]
-
-
-def start_simulator(path: Path, *trapped_guest: str, log: Path | None = None,
-                    low_bandwidth: bool = False) -> subprocess.Popen[bytes]:
-    trap = ["--trap", "--", *trapped_guest] if trapped_guest else []
-    bandwidth = ["--low-bandwidth"] if low_bandwidth else []
-    with open(log or os.devnull, "wb") as out:
-        process = subprocess.Popen(
-            [*SIM, "serve", "--socket", str(path), "--ping-interval", "0.5", *bandwidth, *trap],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-    wait_for(lambda: path.exists(), "the simulator's socket")
-    return process
 
 
 def guest_command(transport: str) -> list[str]:
@@ -56,33 +32,6 @@ def guest_command(transport: str) -> list[str]:
 def start_guest(path: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(guest_command(f"unix:{path}"), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def status(path: Path) -> dict[str, object]:
-    return json.loads(sim("status", "--socket", str(path), "--json").stdout)  # type: ignore[no-any-return]
-
-
-def running(path: Path) -> bool:
-    return status(path)["guest.toolsRunningStatus"] == "guestToolsRunning"
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

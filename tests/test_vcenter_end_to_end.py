@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.test_end_to_end import REPO, TWISTD, sim, start_simulator, status, stop, wait_for
+from tests.processes import REPO, TWISTD, sim, start_simulator, status, stop, wait_for
 
 pytestmark = pytest.mark.slow
 

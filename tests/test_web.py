@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import subprocess
 from collections.abc import Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -36,7 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request, Site
 from twisted.web.util import Redirect
 
-from tests.test_end_to_end import REPO, TWISTD, running, start_simulator, stop, wait_for
+from tests.processes import REPO, TWISTD, running, simulated_guest, start_simulator, stop, wait_for
 from twisted_vmtools.web import (
     GuestAgent,
     GuestRoundTripFailed,
@@ -131,17 +130,8 @@ def site(hang: Hang) -> Site:
 @pytest.fixture(scope="module")
 def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("web")
-    path = base / "vmx.sock"
-    simulator = start_simulator(path, log=base / "vmx.log")
-    with open(base / "guest.log", "wb") as out:
-        guest = subprocess.Popen([*TWISTD, "vmtools", "--transport", f"unix:{path}", "--guestinfo-interval", "0",
-                                  "--auth", "none"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_for(lambda: running(path), "the tools to run", timeout=60)
+    with simulated_guest(base, "--auth", "none", log=base / "vmx.log") as path:
         yield path
-    finally:
-        stop(guest)
-        stop(simulator)
 
 
 @pytest.fixture
@@ -265,7 +255,7 @@ async def _when(condition: Any, timeout: float = 20.0) -> None:
 async def test_cli_prints_like_curl_i(vmx: Path, server: tuple[str, Hang]) -> None:
     from twisted.internet.utils import getProcessOutputAndValue
 
-    from tests.test_end_to_end import SIM
+    from tests.processes import SIM
 
     def sim(*args: str) -> Deferred[tuple[bytes, bytes, int]]:
         return getProcessOutputAndValue(SIM[0], [*SIM[1:], "guest", "http", "--socket", str(vmx), "-l", "a:b", *args],

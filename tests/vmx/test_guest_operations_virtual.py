@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.test_end_to_end import REPO, TWISTD, running, start_simulator, stop, wait_for
+from tests.processes import simulated_guest
 from twisted_vmtools.codecs.vix import Credentials, VixCode
 from twisted_vmtools.vmx.guest_operations import GuestOperationError
 from twisted_vmtools.web import connect_guest_operations
@@ -29,17 +28,8 @@ LOGIN = Credentials("anyone", "anything")  # the guest accepts any login (--auth
 @pytest.fixture(scope="module")
 def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("virtual")
-    path = base / "vmx.sock"
-    simulator = start_simulator(path, log=base / "vmx.log")
-    with open(base / "guest.log", "wb") as out:
-        guest = subprocess.Popen([*TWISTD, "vmtools", "--transport", f"unix:{path}", "--guestinfo-interval", "0",
-                                  "--auth", "none"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_for(lambda: running(path), "the tools to run", timeout=60)
+    with simulated_guest(base, "--auth", "none", log=base / "vmx.log") as path:
         yield path
-    finally:
-        stop(guest)
-        stop(simulator)
 
 
 def tree(root: Path) -> Path:

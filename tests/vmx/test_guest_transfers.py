@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import REPO, SIM, TWISTD, running, simulated_guest, start_simulator, stop, wait_for
 from tests.test_archive import make_tree, snapshot
-from tests.test_end_to_end import REPO, SIM, TWISTD, running, start_simulator, stop, wait_for
 
 pytestmark = pytest.mark.slow
 LOGIN = "anyone:anything"  # the guests accept any login (--auth none) and act as the user running the tests
@@ -20,20 +20,8 @@ LOGIN = "anyone:anything"  # the guests accept any login (--auth none) and act a
 def vmx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One simulator and one guest for the module: transfers are what is tested, not start-up."""
     base = tmp_path_factory.mktemp("transfers")
-    socket_path = base / "vmx.sock"
-    simulator = start_simulator(socket_path)
-    with open(base / "guest.log", "wb") as out:
-        guest = subprocess.Popen(
-            [*TWISTD, "vmtools", "--transport", f"unix:{socket_path}", "--guestinfo-interval", "0",
-             "--transfer-state", str(base / "state"), "--auth", "none"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-    try:
-        wait_for(lambda: running(socket_path), "the guest tools running")
-        yield socket_path
-    finally:
-        stop(guest)
-        stop(simulator)
+    with simulated_guest(base, "--transfer-state", str(base / "state"), "--auth", "none") as path:
+        yield path
 
 
 def guest(

@@ -13,42 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_end_to_end import REPO, SIM, TWISTD, running, start_simulator, stop, wait_for
+from tests.processes import REPO, SIM, simulated_guest, wait_for
 from twisted_vmtools.vmx.conformance_vix import remove_account
 
 pytestmark = pytest.mark.slow
 
 
-def start_pair(tmp: Path, *guest_options: str) -> tuple[Path, list[subprocess.Popen[bytes]]]:
-    path = tmp / "vmx.sock"
-    simulator = start_simulator(path)
-    with open(tmp / "guest.log", "wb") as out:
-        guest = subprocess.Popen([*TWISTD, "vmtools", "--transport", f"unix:{path}", "--guestinfo-interval", "0",
-                                  *guest_options], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    wait_for(lambda: running(path), "the tools to run", timeout=60)
-    return path, [guest, simulator]
-
-
 @pytest.fixture(scope="module")
 def open_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A guest that accepts any login (--auth none) and acts as the user running the tests."""
-    path, processes = start_pair(tmp_path_factory.mktemp("open"), "--auth", "none")
-    try:
+    with simulated_guest(tmp_path_factory.mktemp("open"), "--auth", "none") as path:
         yield path
-    finally:
-        for process in processes:
-            stop(process)
 
 
 @pytest.fixture(scope="module")
 def pam_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A guest checking logins through PAM (the default)."""
-    path, processes = start_pair(tmp_path_factory.mktemp("pam"))
-    try:
+    with simulated_guest(tmp_path_factory.mktemp("pam")) as path:
         yield path
-    finally:
-        for process in processes:
-            stop(process)
 
 
 def guest(socket: Path, *args: str, login: str = "anyone:anything") -> subprocess.CompletedProcess[str]:
