@@ -31,6 +31,7 @@ from twisted.web.client import (
     readBody,
 )
 from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request, Site
 from twisted.web.util import Redirect
@@ -113,10 +114,17 @@ class Text(Resource):
         return self.body
 
 
+class Root(Resource):
+    """The site's root: an unknown path is a 404 page (Resource's own default is deprecated)."""
+
+    def getChild(self, path: bytes, request: Any) -> Any:  # noqa: N802 (Resource's name)
+        return notFound()
+
+
 def site(hang: Hang) -> Site:
     from twisted.web.resource import EncodingResourceWrapper
 
-    root = Resource()
+    root = Root()
     root.putChild(b"hello", Text(b"hello from the guest"))
     root.putChild(b"echo", Echo())
     root.putChild(b"chunked", Chunked())
