@@ -374,8 +374,8 @@ _waiting = _builder.state("waiting")  # a poll is scheduled; the last reply (if 
 _handling = _builder.state("handling")  # the handler has a command; no poll until it answers (the VMX waits too)
 
 
-# Automat finds a transition by a linear scan comparing states: the ones every poll
-# takes come first.
+# Automat finds a transition by a linear scan of a set (its order follows hashes, not
+# this file): few transitions keep that scan short.
 @_waiting.upon(PollInputs.quiet).loop()
 def _poll_later(loop: PollInputs, channel: BackdoorChannel, delay: float) -> None:
     channel._schedule(delay)
