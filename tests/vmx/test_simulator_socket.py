@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -126,3 +127,33 @@ async def test_every_unix_form_listens_owner_only(tmp_path: Path, form: str) -> 
     finally:
         await simulator.stopService()
     assert not path.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_names_the_port_the_kernel_chose() -> None:
+    """``tcp:port=0`` listens on a free port: the log says which, in the words a later run could use."""
+    from twisted.internet import reactor
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    from twisted_vmtools.vmx.simulator import SimulatorService
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_format") == "simulated VMX listening at {where}":
+            lines.append(str(event["where"]))
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    simulator = SimulatorService(reactor, "tcp:port=0:interface=127.0.0.1")  # type: ignore[arg-type]
+    try:
+        simulator.startService()
+        [where] = lines
+        kind, port, interface = where.split(":")
+        assert (kind, interface) == ("tcp", "interface=127.0.0.1")
+        assert port.startswith("port=") and int(port[5:]) > 0
+        with socket.create_connection(("127.0.0.1", int(port[5:]))):
+            pass  # it is really there
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await simulator.stopService()

@@ -9,10 +9,11 @@ import stat
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from ..endpoint_strings import TCP_KINDS, EndpointStringError, ServerAddress, parse_server
@@ -199,7 +200,15 @@ class SimulatorService(MultiService):
         except CannotListenError as error:
             self.running = False
             raise CannotListen(f"cannot listen at {self.where}: {_why(error)}") from None
-        self.log.info("simulated VMX listening at {where}", where=self.where)
+        # The port Twisted bound (already there: listening is synchronous here) names where we
+        # really are, e.g. the port the kernel chose for tcp:0, which the string does not say.
+        waiting = self.listener._waitingForPort
+        if waiting is not None:
+            waiting.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.log.info("simulated VMX listening at {where}", where=bound_address(port.getHost(), self.where))
+        return port
 
     def _remove_stale_socket(self) -> None:
         """Once, before listening: a socket file left by a dead simulator would block us."""
@@ -215,3 +224,13 @@ class SimulatorService(MultiService):
 
     def _trace(self, record: RPCRecord) -> None:
         self.log.info("{line}", line=record_line(record, TRACE_BYTES), record=record)
+
+
+def bound_address(address: IAddress, where: str) -> str:
+    """A bound TCP address in serverFromString's words (the port the kernel chose too); any other as given."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        kind = "tcp" if isinstance(address, IPv4Address) else "tcp6"
+        host = address.host.replace(":", "\\:")  # a colon in an endpoint string is escaped
+        return f"{kind}:port={address.port}:interface={host}"
+    return where
+
