@@ -166,7 +166,9 @@ async def _program(ctx: Context, spec: ProgramSpec) -> str:
         for _ in range(100):
             [proc] = await ctx.ops.list_processes(ctx.account.login, (pid,))
             if proc.end_time:
-                return (f"OK, exit {proc.exit_code}, cmd {proc.cmd!r}, name {proc.name!r}, "
+                # The account's uid differs between machines: the report reads the same on each.
+                name = proc.name.replace(f" {ctx.account.uid}'", " <uid>'")
+                return (f"OK, exit {proc.exit_code}, cmd {proc.cmd!r}, name {name!r}, "
                         f"user {proc.owner == ctx.account.name}")
             await deferLater(ctx.reactor, 0.1, lambda: None)
         return "did not end in 10 s"
