@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
@@ -93,27 +95,33 @@ class PacketProtocol(Protocol):
                 self.packetReceived(packet)
 
     def sendPacket(self, packet: VsockPacket) -> None:
-        pieces = packet.frame()
-        if self._socket is None or not drained(self.transport):
-            self.transport.writeSequence(pieces)  # type: ignore[union-attr]
-            return
-        # Nothing waits in Twisted's buffers, so the packet goes out now, in order, gathered
-        # from its pieces: no copy joining head and payload, and no reactor turn before the
-        # send (with one packet in flight each way, both show in a transfer's throughput).
-        try:
-            sent = self._socket.sendmsg(pieces)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the transport's own write below meets the error and loses the connection
-        if sent < sum(len(piece) for piece in pieces):
-            self.transport.write(b"".join(pieces)[sent:])  # type: ignore[union-attr]
+        send_pieces(self.transport, self._socket, packet.frame())
 
     def packetReceived(self, packet: VsockPacket) -> None:
         raise NotImplementedError
 
     def badPacket(self, error: VsockPacketError) -> None:
         self.log.warn("dropping malformed packet: {error}", error=str(error))
+
+
+def send_pieces(transport: Any, sock: socket.socket | None, pieces: Sequence[bytes | memoryview]) -> None:
+    """Send one message made of ``pieces``: now and gathered if nothing waits before it, else through Twisted.
+
+    When nothing waits in Twisted's buffers the message goes out at once, in
+    order, gathered from its pieces: no copy joining head and payload, and no
+    reactor turn before the send (with one packet in flight each way, both
+    show in a transfer's throughput).  ``sock`` is the transport's socket, or
+    None where there is none to write to directly.
+    """
+    if sock is None or not drained(transport):
+        transport.writeSequence(pieces)
+        return
+    try:
+        sent = sock.sendmsg(pieces)
+    except OSError:
+        sent = 0  # would block; or an error the transport's own write meets and reports
+    if sent < sum(len(piece) for piece in pieces):
+        transport.write(b"".join(pieces)[sent:])
 
 
 def drained(transport: object) -> bool:

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from ..codecs import hgfs, vix
 from ..codecs.hgfs import Header, Op, Status
 from ..codecs.vix import VixCode
-from ..framing import EAGER_READ_MIN, drained, widen
+from ..framing import EAGER_READ_MIN, send_pieces, widen
 from .accounts import GuestUser
 from .fileops_runner import helper_command
 from .hgfs_archive import SCHEME as ARCHIVE_SCHEME
@@ -141,16 +141,7 @@ class _Frames(Protocol):
     def sendFrame(self, tag: int, payload: hgfs.Data | list[hgfs.Data]) -> None:  # noqa: N802
         """One frame from ``payload`` (bytes, or the pieces a reply is made of: joined only if it must wait)."""
         body = payload if isinstance(payload, list) else [payload]
-        length = sum(len(piece) for piece in body)
-        pieces = [FRAME.pack(length, tag), *body]
-        sent = 0
-        if self._socket is not None and drained(self.transport):
-            try:
-                sent = self._socket.sendmsg(pieces)
-            except OSError:
-                sent = 0  # would block, or an error the transport's own write meets and reports
-        if sent < FRAME.size + length:
-            self.transport.write(b"".join(pieces)[sent:])  # type: ignore[union-attr]
+        send_pieces(self.transport, self._socket, [FRAME.pack(sum(len(piece) for piece in body), tag), *body])
 
     def frameReceived(self, tag: int, payload: bytes) -> None:  # noqa: N802
         raise NotImplementedError
