@@ -234,6 +234,25 @@ def test_a_relayed_request_in_one_join_is_the_same_bytes(body: vix.Body, login: 
     assert joined == vix.relayed_command(vix.build_request(op, body, login, cookie=9).encode(), b"9")
 
 
+def test_a_binary_reply_in_pieces_is_the_same_bytes_with_its_data_uncopied() -> None:
+    data = memoryview(b"0123456789")[2:]
+    pieces = vix.Reply(0, 0, binary=True, marked=True).pieces([b"hdr", data])
+    assert b"".join(pieces) == vix.Reply(0, 0, b"hdr23456789", binary=True, marked=True).encode() == b"0 0 #hdr23456789"
+    assert pieces[-1] is data
+    assert b"".join(vix.Reply(0, 0, b"x", binary=True).pieces([b"y"])) == b"0 0 xy"
+    assert b"".join(vix.Reply(5, 2, b"text").pieces()) == b"5 2 text\0"
+    with pytest.raises(vix.VixCodecError):
+        vix.Reply(0, 0, b"text").pieces([b"more"])  # a string result comes whole
+
+
+def test_a_relayed_command_split_from_a_view_keeps_its_request_a_view() -> None:
+    command = b'"name-1"\0' + b"R" * 1000
+    name, request = vix.split_relayed(memoryview(command))
+    assert name == b"name-1" and request.obj is command and request == command[9:]
+    with pytest.raises(vix.VixCodecError):
+        vix.split_relayed(memoryview(b'"no nul"'))
+
+
 def test_a_binary_relayed_reply_is_a_view_after_its_mark() -> None:
     reply = vix.decode_reply(b"0 0 #\x00\x01rest", binary=True, marked=True)
     assert isinstance(reply.result, memoryview) and bytes(reply.result) == b"\x00\x01rest"

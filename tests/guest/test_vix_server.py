@@ -13,12 +13,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from tests.guest.vix_support import LOGIN, call, make_server, raw_call, relayed_args
+from tests.guest.vix_support import LOGIN, answered, call, make_server, raw_call, relayed_args
 from tests.support import failure_of, result_of
 from twisted_vmtools.codecs import vix
 from twisted_vmtools.codecs.vix import Op, VixCode
 from twisted_vmtools.guest.accounts import GuestUser
-from twisted_vmtools.guest.auth import IAuthenticator, LoginThrottle, PAMAuthenticator, invalid_login
+from twisted_vmtools.guest.auth import IAuthenticator, LoginThrottle, NoAuthenticator, PAMAuthenticator, invalid_login
 from twisted_vmtools.guest.processes import ProcessManager, PythonProcess
 from twisted_vmtools.guest.vix_errors import VixOperationError
 from twisted_vmtools.guest.vix_feature import VixFeature
@@ -57,8 +57,7 @@ def test_a_wrong_password_runs_nothing(tmp_path) -> None:  # type: ignore[no-unt
 
 def test_the_reply_is_vmtoolsds_text() -> None:
     server = make_server(authenticator=OnePassword())
-    reply = result_of(server.relayed_command(relayed_args(Op.START_PROGRAM, vix.StartProgram("x"),
-                                                          vix.Credentials("a", "b"))))
+    reply = answered(server, relayed_args(Op.START_PROGRAM, vix.StartProgram("x"), vix.Credentials("a", "b")))
     assert reply == b"3050 0 \0"  # what vmtoolsd answers a bad login (protocol.md §7.1)
 
 
@@ -169,7 +168,7 @@ def test_truncated_bodies_and_unknown_ops() -> None:
 
 @given(st.binary(max_size=120))
 def test_any_bytes_get_a_vix_reply(data: bytes) -> None:
-    reply = result_of(make_server().relayed_command(b'"x"\0' + data))
+    reply = answered(make_server(), b'"x"\0' + data)
     assert vix.decode_reply(reply).error != VixCode.OK or data == b""
 
 
@@ -187,7 +186,7 @@ def test_binary_replies_for_binary_requests() -> None:
     server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: b"\x00\x01raw")
     request = vix.Request(op=Op.HGFS_SEND_PACKET, body=vix.HgfsPacket(b"p").encode(), credential=LOGIN.encode(),
                           credential_type=LOGIN.type, common_flags=vix.CommonFlags.REQUEST | 0x80)
-    reply = result_of(server.relayed_command(vix.relayed_command(request.encode()).split(b" ", 1)[1]))
+    reply = answered(server, vix.relayed_command(request.encode()).split(b" ", 1)[1])
     assert reply == b"0 0 #\x00\x01raw"  # foundryToolsDaemon.c: '#' ends the text of a binary reply
 
 
@@ -231,6 +230,28 @@ def test_feature_installs_its_commands() -> None:
         Op.VALIDATE_CREDENTIALS, vix.NoBody())))
     assert reply == b"OK 0 0 \0"
     assert result_of(dispatcher.handle(b"Vix_1_Get_ToolsProperties")).startswith(b"OK 0 0 ")
+
+
+def test_the_relayed_command_takes_a_view_and_answers_a_packet_in_pieces_joined_once() -> None:
+    # An HGFS transfer's packet reaches its op as a view into the TCLO command (not copied to split
+    # off the name), and its reply's file data reaches the dispatcher's one join as it was made.
+    clock = Clock()
+    dispatcher = TCLODispatcher()
+    feature = VixFeature(clock, processes=ProcessManager(clock), authenticator=NoAuthenticator(GuestUser.current()))
+    feature.install(dispatcher)
+    seen: list[object] = []
+    data = memoryview(b"\x00\x01file data")
+
+    def op(request: vix.Request, user: object) -> list[bytes | memoryview]:
+        seen.append(request.body)
+        return [b"head", data]
+
+    feature.server.register_op(Op.HGFS_SEND_PACKET, op)
+    command = b"Vix_1_Relayed_Command " + relayed_args(Op.HGFS_SEND_PACKET, vix.HgfsPacket(b"\x01" * 600))
+    reply = result_of(dispatcher.handle(command))
+    assert isinstance(seen[0], memoryview) and seen[0].obj is command
+    assert reply.startswith(b"OK ")
+    assert vix.decode_reply(reply[3:], binary=True, marked=True).result == b"head\x00\x01file data"
 
 
 def test_twistd_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -326,7 +347,7 @@ class CountingLogins:
 
 def hgfs_call(server: Any, login: vix.Credentials) -> vix.Reply:
     args = relayed_args(Op.HGFS_SEND_PACKET, vix.HgfsPacket(b"\x01" * 8), login)
-    reply = result_of(server.relayed_command(args))
+    reply = answered(server, args)
     return vix.decode_reply(reply, binary=True, marked=True)
 
 
@@ -357,5 +378,5 @@ def test_an_hgfs_request_without_a_packet_fails_before_the_login() -> None:
     server = make_server(authenticator=logins)
     server.register_op(Op.HGFS_SEND_PACKET, lambda request, user: b"")
     args = relayed_args(Op.HGFS_SEND_PACKET, vix.HgfsPacket(b""), LOGIN)
-    assert vix.decode_reply(result_of(server.relayed_command(args)), binary=True).error == VixCode.FAIL
+    assert vix.decode_reply(answered(server, args), binary=True).error == VixCode.FAIL
     assert logins.checks == 0

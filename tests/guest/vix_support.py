@@ -32,7 +32,13 @@ def call(server: VixCommandServer, op: int, body: vix.Body, login: vix.Credentia
     return raw_call(server, relayed_args(op, body, login))
 
 
-def raw_call(server: VixCommandServer, args: bytes) -> vix.Reply:
-    reply = result_of(server.relayed_command(args))
+def answered(server: VixCommandServer, args: bytes | memoryview) -> bytes:
+    """The Vix reply to relayed-command ``args``, joined as the TCLO dispatcher joins its pieces."""
+    pieces: list[bytes | memoryview] = result_of(server.relayed_command(args))
+    return b"".join(pieces)
+
+
+def raw_call(server: VixCommandServer, args: bytes | memoryview) -> vix.Reply:
+    reply = answered(server, args)
     assert reply.endswith(b"\0"), reply
     return vix.decode_reply(reply)

@@ -22,7 +22,7 @@ import enum
 import errno
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Self
 
@@ -304,15 +304,19 @@ def relayed_command(request: bytes, name: bytes = b"vix") -> bytes:
     return RELAYED_COMMAND + b' "' + name + b'"\0' + request
 
 
-def split_relayed(args: bytes) -> tuple[bytes, memoryview]:
+def split_relayed(args: bytes | memoryview) -> tuple[bytes, memoryview]:
     """The TCLO arguments' request name and the Vix request after the first NUL (vmtoolsd's rule).
 
     The request is a view into ``args``: an HGFS packet inside it reaches the HGFS server uncopied.
     """
-    nul = args.find(b"\0")
-    if nul < 0:
+    found = _NUL.search(args)  # `re` searches a view too: an upload's packet is not copied to find the name
+    if found is None:
         raise VixHeaderError("Vix_1_Relayed_Command without the NUL before its request")
-    return _unquote(args[:nul]), memoryview(args)[nul + 1 :]
+    nul = found.start()
+    return _unquote(bytes(args[:nul])), memoryview(args)[nul + 1 :]
+
+
+_NUL = re.compile(b"\0")
 
 
 def _unquote(text: bytes) -> bytes:
@@ -855,12 +859,20 @@ class Reply:
     marked: bool = False  # a binary result behind BINARY_MARK, as vmtoolsd answers a relayed binary request
 
     def encode(self) -> bytes:
+        return b"".join(self.pieces())
+
+    def pieces(self, more: Sequence[bytes | memoryview] = ()) -> list[bytes | memoryview]:
+        """The encoding in pieces, a binary result continued by ``more`` (an HGFS reply's file data),
+        for a writer that joins once: the TCLO dispatcher, behind its ``OK ``."""
         head = b"%d %d " % (self.error, self.additional_error)
         if self.binary:
-            return head + BINARY_MARK + self.result if self.marked else head + self.result
-        if b"\0" in self.result:
+            return [head, BINARY_MARK, self.result, *more] if self.marked else [head, self.result, *more]
+        if more:
+            raise VixCodecError("a string result comes whole, not in pieces", VixCode.FAIL)
+        result = self.result
+        if b"\0" in result:
             raise VixCodecError("a string result cannot contain NUL", VixCode.FAIL)
-        return head + self.result + b"\0"  # vmtoolsd counts the NUL in the reply's length
+        return [head, result, b"\0"]  # vmtoolsd counts the NUL in the reply's length
 
     @property
     def ok(self) -> bool:

@@ -191,14 +191,15 @@ class HGFSServer(Service):
             raise TCLOHandlerError(NO_ARGUMENT)
         # A reply made at once goes in pieces for the dispatcher to join behind its ``OK ``:
         # a ReadV3's 520 KB of data is then copied once on its way out, not twice.
-        return self._reply(args)
+        return self.reply(args)
 
     def packet(self, data: bytes) -> bytes | Deferred[bytes]:
         """The reply packet to one request packet (bytes, or a Deferred for virtual files)."""
-        reply = self._reply(data)
+        reply = self.reply(data)
         return b"".join(reply) if isinstance(reply, list) else reply
 
-    def _reply(self, data: hgfs.Data) -> bytes | list[hgfs.Data] | Deferred[bytes]:
+    def reply(self, data: hgfs.Data) -> bytes | list[hgfs.Data] | Deferred[bytes]:
+        """`packet`'s reply, a ReadV3's in pieces (header, file data) for a sender that joins once."""
         try:
             header, body = hgfs.decode_request_header(data)
         except HGFSPacketError as error:

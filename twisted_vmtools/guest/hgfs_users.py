@@ -48,6 +48,9 @@ from .hgfs_proc import STREAM_PATH, IProcessTable, ProcFilesHandler
 from .hgfs_server import DEFAULT_IDLE_TIMEOUT, HGFSServer
 from .vix_errors import VixOperationError
 
+# One HGFS reply: bytes, a ReadV3's pieces (header, file data) to be joined once, or later.
+Reply = bytes | list[hgfs.Data] | Deferred[bytes]
+
 HELPER = "twisted_vmtools.guest.hgfs_helper"
 HELPER_IDLE = 30.0  # seconds a helper without sessions waits for the next packet before it leaves
 MAX_HELPERS = 16  # accounts with a helper at once (the longest idle one leaves first)
@@ -340,12 +343,17 @@ class UserHGFS:
 
     # -- the Vix op --------------------------------------------------------------------------------------------
 
-    def send_packet(self, request: vix.Request, user: GuestUser) -> bytes | Deferred[bytes]:
+    def send_packet(self, request: vix.Request, user: GuestUser) -> Reply:
+        """Vix ``HGFS_SEND_PACKET``: the reply to its HGFS packet (in pieces, for the TCLO answer's one join)."""
         packet = vix.HgfsPacket.decode(request.body).packet
-        return self.packet(packet, user)
+        return self._reply(packet, user)
 
     def packet(self, data: hgfs.Data, user: GuestUser) -> bytes | Deferred[bytes]:
         """The reply to one HGFS request packet, performed as ``user``."""
+        reply = self._reply(data, user)
+        return b"".join(reply) if isinstance(reply, list) else reply
+
+    def _reply(self, data: hgfs.Data, user: GuestUser) -> Reply:
         try:
             header, body = hgfs.decode_request_header(data)
         except hgfs.HGFSError:
@@ -354,7 +362,7 @@ class UserHGFS:
         if route is not None and route.helper.user.uid != user.uid:
             return _status(header, Status.STALE_SESSION)  # another account's session
         if user.is_service_user:
-            return self.server.packet(data)  # type: ignore[arg-type]  # its codec decodes views
+            return self.server.reply(data)  # its codec decodes views
         if route is None and not header.legacy and header.op != Op.CREATE_SESSION_V4:
             return _status(header, Status.STALE_SESSION)  # none of this account's sessions
         try:

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from ..protocols.rpci import RPCI
@@ -24,7 +23,7 @@ from .vix_feature import VixFeature
 if TYPE_CHECKING:
     from ..codecs.vix import Request
     from .accounts import GuestUser
-    from .hgfs_users import UserHGFS
+    from .hgfs_users import Reply, UserHGFS
     from .vix_server import VixCommandServer
 
 
@@ -56,7 +55,7 @@ class UserHGFSFeature(Service):
 
         server.register_op(Op.HGFS_SEND_PACKET, self._packet)
 
-    def _packet(self, request: Request, user: GuestUser) -> bytes | Deferred[bytes]:
+    def _packet(self, request: Request, user: GuestUser) -> Reply:
         return self.router.send_packet(request, user)
 
     def stopService(self) -> None:  # type: ignore[override]

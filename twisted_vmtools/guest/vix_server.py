@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from .. import __version__
 from ..codecs import vix
 from ..codecs.vix import Op, VixCode
+from ..protocols.tclo import Pieces
 from .accounts import GuestUser
 from .auth import IAuthenticator, RecentLogins
 from .fileops_runner import IFileOperationRunner
@@ -76,7 +77,8 @@ ENABLED_PROPERTIES: dict[int, int] = {
 RECHECKED_LATER = frozenset({Op.HGFS_SEND_PACKET})
 
 # An op another feature serves through this server (HGFS_SEND_PACKET: the file-transfer bytes).
-ExtraOp = Callable[[vix.Request, GuestUser], "bytes | Deferred[bytes]"]
+# An extra op's result may be in pieces: an HGFS reply's header and its file data.
+ExtraOp = Callable[[vix.Request, GuestUser], "bytes | Pieces | Deferred[bytes] | Deferred[Pieces]"]
 
 
 # vixTools.c VixToolsRewriteError: for these ops a refused login answers GUEST_USER_PERMISSIONS.
@@ -131,17 +133,19 @@ class VixCommandServer:
 
     # -- TCLO entry points -------------------------------------------------------------------------
 
-    def relayed_command(self, args: bytes) -> Deferred[bytes]:
-        """The TCLO handler: always a Vix reply, whatever arrives."""
+    def relayed_command(self, args: bytes | memoryview) -> Deferred[Pieces]:
+        """The TCLO handler: always a Vix reply (in pieces, for the dispatcher to join), whatever arrives."""
         return ensureDeferred(self._relayed(args))
 
-    async def _relayed(self, args: bytes) -> bytes:
+    async def _relayed(self, args: bytes | memoryview) -> Pieces:
         request: vix.Request | None = None
         try:
             _, raw = vix.split_relayed(args)
             request = vix.decode_request(raw)
             result = await self._perform(request)
-            return vix.Reply(VixCode.OK, 0, result, binary=request.binary_reply, marked=True).encode()
+            if isinstance(result, list):  # an HGFS reply's header and file data: joined once, behind the OK
+                return vix.Reply(VixCode.OK, 0, binary=request.binary_reply, marked=True).pieces(result)
+            return vix.Reply(VixCode.OK, 0, result, binary=request.binary_reply, marked=True).pieces()
         except VixOperationError as error:
             code, errno = _rewritten(request, error.code), error.errno
             self.log.info("Vix op {op} failed: {error}", op=request and request.op, error=str(error))
@@ -151,7 +155,7 @@ class VixCommandServer:
         except Exception:
             self.log.failure("Vix op {op} failed unexpectedly", op=request and request.op)
             code, errno = VixCode.FAIL, 0
-        return vix.Reply(code, errno, b"", binary=bool(request and request.binary_reply), marked=True).encode()
+        return vix.Reply(code, errno, b"", binary=bool(request and request.binary_reply), marked=True).pieces()
 
     def tools_properties(self, args: bytes) -> bytes:
         """``Vix_1_Get_ToolsProperties``: the base64 property list (no login needed)."""
@@ -159,7 +163,7 @@ class VixCommandServer:
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    async def _perform(self, request: vix.Request) -> bytes:
+    async def _perform(self, request: vix.Request) -> bytes | Pieces:
         op = request.op
         extra = self.extra_ops.get(op)
         # An extra op the codec knows is checked before the login too (an HGFS request without a packet).

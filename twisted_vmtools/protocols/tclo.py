@@ -15,7 +15,10 @@ from ..channels.interfaces import ITCLOCommands
 from ..codecs.tclo import BAD_COMMAND, OK_PREFIX, UNKNOWN_COMMAND, TCLOError, TCLOReply, command_name
 from ..printable import TRACE_BYTES, abridged
 
-HandlerResult = bytes | list[bytes | memoryview] | Deferred[bytes] | Coroutine[Any, Any, bytes]
+# A body in pieces (a list) is joined once, behind the ``OK``: HGFS file data is not copied twice.
+Pieces = list[bytes | memoryview]
+Body = bytes | Pieces
+HandlerResult = Body | Deferred[bytes] | Deferred[Pieces] | Deferred[Body] | Coroutine[Any, Any, Body]
 Handler = Callable[[bytes], HandlerResult]
 Observer = Callable[[bytes], Awaitable[object] | None]
 
@@ -148,12 +151,14 @@ class TCLODispatcher:
 
 
 def _ok(body: object) -> bytes:
-    if not isinstance(body, bytes):
-        raise TypeError(f"TCLO handler answered {type(body).__name__}, not bytes")
-    return OK_PREFIX + body
+    if isinstance(body, bytes):
+        return OK_PREFIX + body
+    if isinstance(body, list):
+        return b"".join([OK_PREFIX, *body])
+    raise TypeError(f"TCLO handler answered {type(body).__name__}, not bytes")
 
 
-def _deferred(result: HandlerResult) -> Deferred[bytes]:
+def _deferred(result: HandlerResult) -> Deferred[Any]:  # whichever Deferred the handler made: `_ok` checks
     if isinstance(result, Deferred):
         return result
     if inspect.iscoroutine(result):
