@@ -8,7 +8,7 @@ from tests.support import Harness
 from twisted_vmtools.codecs.datamap import PacketType, VsockPacket, decode_packet
 from twisted_vmtools.protocols.rpci import RPCIError
 from twisted_vmtools.vmx.model import NOT_RUNNING, RUNNING
-from twisted_vmtools.vmx.tclo_queue import TCLOTimeout
+from twisted_vmtools.vmx.tclo_queue import GuestGone, TCLOTimeout
 
 
 def tclo_log(harness: Harness) -> list[tuple[str, bytes]]:
@@ -96,15 +96,18 @@ def test_pending_handler_holds_the_channel_until_the_vmx_times_out() -> None:
     harness.vmx.send(b"hang").addBoth(hung.append)
     harness.vmx.send(b"ping", timeout=60).addBoth(queued.append)
     harness.settle(5)
-    assert hung == [] and queued == []  # the next command waits for the pending one
+    # The guest takes several commands at once: ping was answered, but its reply waits in
+    # command order behind the pending one.
+    assert hung == [] and queued == [] and harness.vmx.tclo.in_flight == 2
     harness.settle(6)
     assert hung and hung[0].check(TCLOTimeout)  # type: ignore[attr-defined]
+    # It was sent on the stream the VMX dropped: lost with it, not sent twice.
+    assert queued and queued[0].check(GuestGone)  # type: ignore[attr-defined]
     # The stream was out of step, so the VMX dropped it; the guest reconnects, gets reset.
     resets_before = sum(1 for d, data in tclo_log(harness) if data == b"reset")
     harness.settle(1)
     harness.settle(1)
     assert sum(1 for d, data in tclo_log(harness) if data == b"reset") > resets_before
-    assert queued == [b"OK "]
     assert harness.send(b"ping") == b"OK "
 
 
@@ -203,8 +206,6 @@ def test_a_handler_answering_after_the_connection_closed_sends_nothing_and_start
 
 
 def test_stopping_the_vmx_fails_what_is_still_queued() -> None:
-    from twisted_vmtools.vmx.tclo_queue import GuestGone
-
     harness = Harness()
     harness.start()
     never: Deferred[bytes] = Deferred()
@@ -242,3 +243,23 @@ def test_the_rpc_log_is_stamped_with_the_vmx_clock() -> None:
     harness.clock.advance(1234.5)
     harness.start()
     assert harness.vmx.records and {r.when for r in harness.vmx.records} == {1234.5}
+
+
+def test_the_guest_says_how_many_commands_it_takes_and_the_vmx_sends_that_many() -> None:
+    from twisted_vmtools.channels.stream_protocols import STREAM_IN_FLIGHT
+
+    harness = Harness()
+    harness.start()
+    assert harness.vmx.tclo.depth == STREAM_IN_FLIGHT
+    gates = [Deferred[bytes]() for _ in range(STREAM_IN_FLIGHT)]
+    for i, gate in enumerate(gates):
+        harness.service.dispatcher.register(b"wait%d" % i, lambda args, gate=gate: gate)  # type: ignore[misc]
+    answers: list[bytes] = []
+    for i in reversed(range(STREAM_IN_FLIGHT)):
+        harness.vmx.send(b"wait%d" % i).addCallback(answers.append)
+    harness.settle(1)
+    assert harness.vmx.tclo.in_flight == STREAM_IN_FLIGHT  # all handled at once in the guest
+    for gate in gates:  # they finish in the opposite order to the one they were sent in
+        gate.callback(b"%d" % gates.index(gate))
+    harness.settle(1)
+    assert answers == [b"OK %d" % i for i in reversed(range(STREAM_IN_FLIGHT))]

@@ -173,6 +173,27 @@ def test_unknown_fields_are_kept_as_extra() -> None:
     assert packet.extra == {99: (FieldType.STRINGLIST, (b"a", b"b"))}
 
 
+def test_max_in_flight_is_carried_and_only_where_said() -> None:
+    packet = decode_packet(VsockPacket(PacketType.DATA, b"OK ATR toolbox", max_in_flight=4).encode())
+    assert packet.payload == b"OK ATR toolbox" and packet.max_in_flight == 4 and not packet.extra
+    assert decode_packet(VsockPacket.data(b"OK ").encode()).max_in_flight == 0  # not said: one at a time
+    # The field is an ordinary DataMap entry (id 100, INT64) beside TYPE and PAYLOAD.
+    entries = decode_datamap(VsockPacket(PacketType.DATA, b"x", max_in_flight=4).encode()[4:])
+    assert entries == {FieldId.TYPE: (FieldType.INT64, 1), FieldId.PAYLOAD: (FieldType.STRING, b"x"),
+                       FieldId.MAX_IN_FLIGHT: (FieldType.INT64, 4)} and FieldId.MAX_IN_FLIGHT == 100
+
+
+def test_a_peer_that_does_not_know_max_in_flight_reads_the_packet_as_before() -> None:
+    """What an older decoder does with any field id it does not know: the packet is unchanged."""
+    content = VsockPacket(PacketType.DATA, b"OK ", max_in_flight=4).encode()[4:]
+    entries = decode_datamap(content)
+    known = {k: v for k, v in entries.items() if k in (FieldId.TYPE, FieldId.PAYLOAD, FieldId.FAST_CLOSE)}
+    assert VsockPacket.decode_content(encode_datamap(known)) == VsockPacket.data(b"OK ")
+    # And the fields after it (a newer peer's) are ignored the same way here.
+    newer = encode_datamap({**entries, 101: (FieldType.INT64, 7)})
+    assert VsockPacket.decode_content(newer).max_in_flight == 4
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
@@ -182,6 +203,8 @@ def test_unknown_fields_are_kept_as_extra() -> None:
         ({1: (FieldType.STRING, b"1"), 2: (FieldType.STRING, b"p")}, "TYPE has type STRING"),
         ({1: (FieldType.INT64, 1), 2: (FieldType.INT64, 5)}, "PAYLOAD has type INT64"),
         ({1: (FieldType.INT64, 1), 2: (FieldType.STRING, b"p"), 3: (FieldType.STRING, b"1")}, "FAST_CLOSE"),
+        ({1: (FieldType.INT64, 1), 2: (FieldType.STRING, b"p"), 100: (FieldType.STRING, b"4")}, "MAX_IN_FLIGHT"),
+        ({1: (FieldType.INT64, 1), 2: (FieldType.STRING, b"p"), 100: (FieldType.INT64, -1)}, "negative"),
     ],
 )
 def test_malformed_packets_are_rejected(entries: dict[int, tuple[FieldType, Value]], message: str) -> None:

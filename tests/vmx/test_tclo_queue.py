@@ -16,6 +16,7 @@ from zope.interface import implementer
 from tests.support import Harness, failure_of, result_of
 from twisted_vmtools.vmx.tclo_queue import (
     MAX_COMMAND,
+    MAX_IN_FLIGHT,
     GuestGone,
     ITCLOPusher,
     TCLOQueue,
@@ -92,7 +93,7 @@ def test_the_control_channel_refuses_them_with_a_clear_error(command: bytes, tim
     assert harness.send(b"ping") == b"OK "
 
 
-# -- the machine: free --deliver--> in flight --reply / put_back / give_up / abandon--> free
+# -- the machine: free --deliver--> in flight --reply_last / put_back / give_up / abandon--> free
 
 
 @implementer(ITCLOPusher)
@@ -234,3 +235,108 @@ def test_fail_all_fails_the_command_in_flight_and_the_queue_and_stays_usable() -
     queue.abandon(GuestGone("nothing in flight: nothing happens"))
     queue.send(b"three")
     assert queue.take() == b"three"
+
+
+# -- several in flight: a pushed guest that said it takes them (`allow`)
+
+
+def pipelined(clock: Clock, depth: int = 3) -> tuple[TCLOQueue, Pusher]:
+    queue = TCLOQueue(clock)
+    pusher = Pusher()
+    queue.attach(pusher)
+    queue.allow(pusher, depth)
+    return queue, pusher
+
+
+def test_up_to_the_advertised_number_go_at_once_and_replies_match_in_order() -> None:
+    queue, pusher = pipelined(Clock())
+    answers: list[bytes] = []
+    for i in range(5):
+        queue.send(b"c%d" % i).addCallback(answers.append)
+    assert pusher.pushed == [b"c0", b"c1", b"c2"] and queue.in_flight == 3
+    assert queue.reply(b"OK 0") and answers == [b"OK 0"]
+    assert pusher.pushed[-1] == b"c3" and queue.in_flight == 3  # room made: the next goes at once
+    for i in range(1, 5):
+        assert queue.reply(b"OK %d" % i)
+    assert answers == [b"OK %d" % i for i in range(5)]
+    assert not queue.busy and not queue.reply(b"OK unasked")
+
+
+def test_a_guest_that_did_not_advertise_stays_at_one() -> None:
+    queue = TCLOQueue(Clock())
+    pusher = Pusher()
+    queue.attach(pusher)
+    queue.send(b"one")
+    queue.send(b"two")
+    assert pusher.pushed == [b"one"] and queue.depth == 1
+    queue.allow(Pusher(), 4)  # another channel's word does not count
+    assert pusher.pushed == [b"one"] and queue.depth == 1
+
+
+def test_what_a_guest_advertises_is_capped_and_a_new_channel_starts_at_one() -> None:
+    queue, pusher = pipelined(Clock(), depth=1_000_000)
+    assert queue.depth == MAX_IN_FLIGHT
+    for i in range(MAX_IN_FLIGHT + 2):
+        queue.send(b"c%d" % i)
+    assert len(pusher.pushed) == MAX_IN_FLIGHT
+    queue.detach(pusher)
+    successor = Pusher()
+    queue.attach(successor)
+    assert queue.depth == 1 and successor.pushed == [b"c%d" % MAX_IN_FLIGHT]
+
+
+def test_a_polled_channel_keeps_one_in_flight() -> None:
+    queue = TCLOQueue(Clock())
+    queue.send(b"one")
+    queue.send(b"two")
+    assert queue.take() == b"one" and queue.take() is None
+
+
+def test_a_timeout_with_several_in_flight_drops_the_channel_and_fails_the_others_once() -> None:
+    clock = Clock()
+    queue, pusher = pipelined(clock)
+    first = queue.send(b"one", timeout=5.0)
+    others = [queue.send(b"two", timeout=50.0), queue.send(b"three", timeout=50.0)]
+    waiting = queue.send(b"four", timeout=50.0)
+    clock.advance(5)
+    assert failure_of(first).check(TCLOTimeout)
+    # Sent on the dropped stream: they may have run in the guest, so they are not sent again.
+    assert all(failure_of(other).check(GuestGone) for other in others)
+    assert pusher.out_of_step_count == 1 and not queue.pushed and not queue.busy
+    assert not queue.reply(b"OK late")  # a late reply (the stream is being closed) matches nothing
+    queue.detach(pusher)
+    successor = Pusher()
+    queue.attach(successor)
+    assert successor.pushed == [b"four"] and not waiting.called
+    assert all(call.active() for call in clock.getDelayedCalls()) and len(clock.getDelayedCalls()) == 1
+
+
+def test_losing_the_channel_fails_every_command_in_flight_and_keeps_the_queue() -> None:
+    clock = Clock()
+    queue, pusher = pipelined(clock)
+    in_flight = [queue.send(b"c%d" % i) for i in range(3)]
+    queued = queue.send(b"c3")
+    queue.detach(pusher)
+    assert all(failure_of(reply).check(GuestGone) for reply in in_flight)
+    assert not queue.busy and not queued.called
+    successor = Pusher()
+    queue.attach(successor)
+    assert successor.pushed == [b"c3"]
+
+
+def test_cancelling_a_later_command_in_flight_also_lets_the_stream_go() -> None:
+    queue, pusher = pipelined(Clock())
+    first, second = queue.send(b"one"), queue.send(b"two")
+    second.cancel()
+    assert failure_of(second).check(CancelledError) and failure_of(first).check(GuestGone)
+    assert pusher.out_of_step_count == 1 and not queue.busy
+
+
+def test_a_replys_callback_that_sends_keeps_the_order_with_several_in_flight() -> None:
+    queue, pusher = pipelined(Clock(), depth=2)
+    queue.send(b"one").addCallback(lambda _: queue.send(b"three"))
+    queue.send(b"two")
+    queue.send(b"queued")
+    assert queue.reply(b"OK 1")
+    assert pusher.pushed == [b"one", b"two", b"queued"]  # FIFO: the queued one before the callback's
+    assert queue.reply(b"OK 2") and pusher.pushed[-1] == b"three"

@@ -19,21 +19,41 @@ from .interfaces import ChannelError, ITCLOHandler
 
 HEARTBEAT_INTERVAL = 1.0
 MALFORMED_REPLY = ERROR_PREFIX + MALFORMED_PACKET
+# TCLO commands a guest handles at once on the stream transport (the VMX caps what it accepts):
+# enough to keep both processes busy during an HGFS transfer, with a few 520 KB packets buffered.
+STREAM_IN_FLIGHT = 4
+
+
+class _Answer:
+    """One command's place in the reply order; ``reply`` is set when its handler has answered."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: bytes | None = None) -> None:
+        self.reply = reply
 
 
 class GuestTCLOProtocol(PacketProtocol):
-    """The guest's end of a TCLO connection: answer each command, then keep a heartbeat."""
+    """The guest's end of a TCLO connection: answer each command, then keep a heartbeat.
+
+    Up to ``max_in_flight`` commands are handled at once, in arrival order, and
+    their replies go out strictly in command order: a reply that is ready waits
+    for the ones before it.  The first reply tells the VMX that number (the
+    stream transport's MAX_IN_FLIGHT field); commands beyond it wait here.
+    """
 
     # What the guest writes first to name the channel; empty where the port says it (vsock).
     preamble = StreamKind.TCLO.preamble
+    max_in_flight = STREAM_IN_FLIGHT
 
     def __init__(self, handler: ITCLOHandler, clock: IReactorTime) -> None:
         super().__init__()
         self._handler = handler
         self._heartbeat = LoopingCall(self._ping)
         self._heartbeat.clock = clock
-        self._busy: Deferred[bytes] | None = None
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes] = deque()  # commands read, not yet handed to the handler
+        self._order: deque[_Answer] = deque()  # commands being handled, in command order
+        self._pumping = False
         self._connected = False
 
     def connectionMade(self) -> None:
@@ -45,38 +65,59 @@ class GuestTCLOProtocol(PacketProtocol):
         if packet.type is PacketType.PING or packet.payload is None:
             return
         self._backlog.append(packet.payload)
-        self._next()
+        self._pump()
 
     def badPacket(self, error: VsockPacketError) -> None:
         super().badPacket(error)
         # One reply per command keeps the VMX's queue in step, even for garbage.
         self._backlog.append(b"")
-        self._next()
+        self._pump()
 
-    def _next(self) -> None:
-        if self._busy is not None or not self._backlog:
+    def _pump(self) -> None:
+        """Send the replies that are next in order, and start commands while there is room.
+
+        A loop rather than recursion: most handlers answer at once, inside `_start`.
+        """
+        if self._pumping:
             return
-        command = self._backlog.popleft()
+        self._pumping = True
+        try:
+            while True:
+                order = self._order
+                if order and order[0].reply is not None:
+                    self._answer(order.popleft().reply)  # type: ignore[arg-type]  # checked above
+                elif self._backlog and len(order) < self.max_in_flight:
+                    self._start(self._backlog.popleft())
+                else:
+                    return
+        finally:
+            self._pumping = False
+
+    def _start(self, command: bytes) -> None:
         if not command:
-            self._answer(MALFORMED_REPLY)
-            self._next()
+            self._order.append(_Answer(MALFORMED_REPLY))
             return
-        self._busy = self._handler.handle(command)
+        answer = _Answer()
+        self._order.append(answer)
+        replying = self._handler.handle(command)
         # ITCLOHandler.handle never fails, but a reply must go out whatever a handler does.
-        self._busy.addErrback(lambda failure: ERROR_PREFIX + failure.getErrorMessage().encode("utf-8", "replace"))
-        self._busy.addCallback(self._answered)
+        replying.addErrback(lambda failure: ERROR_PREFIX + failure.getErrorMessage().encode("utf-8", "replace"))
+        replying.addCallback(self._answered, answer)
 
-    def _answered(self, reply: bytes) -> None:
-        self._busy = None
-        self._answer(reply)
-        self._next()
+    def _answered(self, reply: bytes, answer: _Answer) -> None:
+        answer.reply = reply
+        self._pump()
 
     def _answer(self, reply: bytes) -> None:
         if not self._connected:
             return
-        self.sendPacket(VsockPacket.data(reply))
-        if not self._heartbeat.running:
-            self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        if self._heartbeat.running:
+            self.sendPacket(VsockPacket.data(reply))
+            return
+        # The first reply: say how many commands may be in flight (where more than one).
+        in_flight = self.max_in_flight if self.max_in_flight > 1 else 0
+        self.sendPacket(VsockPacket(PacketType.DATA, reply, max_in_flight=in_flight))
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
 
     def _ping(self) -> None:
         self.sendPacket(VsockPacket.ping())

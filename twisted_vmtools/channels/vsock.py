@@ -282,6 +282,7 @@ def parse_vsock_client(
 
 class VsockTCLOProtocol(GuestTCLOProtocol):
     preamble = b""  # port 975 is TCLO
+    max_in_flight = 1  # a real VMX sends one command at a time: nothing to advertise
 
 
 class VsockRPCIProtocol(GuestRPCIProtocol):

@@ -36,6 +36,9 @@ class FieldId(enum.IntEnum):
     TYPE = 1
     PAYLOAD = 2
     FAST_CLOSE = 3
+    # Ours, not open-vm-tools' (which uses 1-3): the stream transport's TCLO pipelining
+    # (docs/stream-transport.md).  A peer that does not know it ignores it.
+    MAX_IN_FLIGHT = 100
 
 
 class PacketType(enum.IntEnum):
@@ -145,6 +148,8 @@ class VsockPacket:
     type: PacketType = PacketType.DATA
     payload: bytes | None = None
     fast_close: bool = False
+    # On a guest's TCLO reply: the TCLO commands it accepts in flight (0: not said, i.e. one).
+    max_in_flight: int = 0
     extra: dict[int, tuple[FieldType, Value]] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -157,14 +162,14 @@ class VsockPacket:
 
     def frame(self) -> list[bytes]:
         """The encoded packet in pieces: a DATA packet's payload goes out as it is, not copied behind its head."""
-        if self.type is PacketType.DATA and self.payload is not None and not self.extra and not self.fast_close:
+        if self.type is PacketType.DATA and self.payload is not None and not self._fields():
             # The common shape, byte for byte what the generic path of `encode` produces.
             size = len(self.payload)
             return [_U32.pack(_DATA_HEAD_SIZE + size) + _DATA_HEAD + _U32.pack(size), self.payload]
         return [self.encode()]
 
     def encode(self) -> bytes:
-        if not self.extra and not self.fast_close:
+        if not self._fields():
             if self.type is PacketType.DATA and self.payload is not None:
                 return b"".join(self.frame())
             if self.type is PacketType.PING and self.payload is None:
@@ -175,6 +180,8 @@ class VsockPacket:
             entries[FieldId.PAYLOAD] = (FieldType.STRING, self.payload)
         if self.fast_close:
             entries[FieldId.FAST_CLOSE] = (FieldType.INT64, 1)
+        if self.max_in_flight:
+            entries[FieldId.MAX_IN_FLIGHT] = (FieldType.INT64, self.max_in_flight)
         content = encode_datamap(entries)
         return _U32.pack(len(content)) + content
 
@@ -203,9 +210,18 @@ class VsockPacket:
         if kind is PacketType.DATA and payload is None:
             raise VsockPacketError("vsock DATA packet has no PAYLOAD field")
         fast_close = _typed(entries, FieldId.FAST_CLOSE, FieldType.INT64)
+        in_flight = _typed(entries, FieldId.MAX_IN_FLIGHT, FieldType.INT64)
+        if not isinstance(in_flight, int):
+            in_flight = 0  # absent (`_typed` checked the type of a present one)
+        elif in_flight < 0:
+            raise VsockPacketError(f"vsock field MAX_IN_FLIGHT is negative ({in_flight})")
         extra = {k: v for k, v in entries.items() if k not in _KNOWN_FIELDS}
         assert payload is None or isinstance(payload, bytes)
-        return cls(kind, payload, bool(fast_close), extra)
+        return cls(kind, payload, bool(fast_close), in_flight, extra)
+
+    def _fields(self) -> bool:
+        """Whether any field beyond TYPE and PAYLOAD is set."""
+        return bool(self.extra or self.fast_close or self.max_in_flight)
 
 
 _KNOWN_FIELDS = frozenset(FieldId)

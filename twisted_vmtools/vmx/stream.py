@@ -107,6 +107,9 @@ class VMXRPCIProtocol(PacketProtocol, ReadsPausedByWrites):
 class VMXTCLOProtocol(PacketProtocol):
     """Pushes queued TCLO commands to the guest and hands its replies back.
 
+    One command at a time, or as many as the guest's first reply says it
+    accepts (MAX_IN_FLIGHT, capped by the queue); replies come in command order.
+
     One VM has one guest: while a guest's TCLO stream is open, another is
     refused (closed at once, the live one untouched).  A dead guest's stream
     does not block its successor for long: a guest that stops answering is
@@ -147,6 +150,10 @@ class VMXTCLOProtocol(PacketProtocol):
         if packet.type is PacketType.PING:
             self.vmx.guest_alive()
         elif packet.payload is not None:
+            if packet.max_in_flight:
+                # The guest takes several commands at once (its first reply says so): the
+                # queue may send the next ones before this reply's own callbacks run.
+                self.vmx.tclo.allow(self, packet.max_in_flight)
             self._reply(packet.payload)
 
     def badPacket(self, error: VsockPacketError) -> None:

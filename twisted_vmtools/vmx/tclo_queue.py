@@ -1,4 +1,5 @@
-"""The VMX's TCLO queue: commands go to the guest one at a time, each with a Deferred."""
+"""The VMX's TCLO queue: commands go to the guest one at a time (or a few, where a stream's guest
+says it takes them), each with a Deferred."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from ..codecs.datamap import MAX_PAYLOAD
 
 DEFAULT_TIMEOUT = 30.0
 MAX_COMMAND = MAX_PAYLOAD  # the largest command a guest's stream decoder accepts
+# The most commands the VMX keeps in flight on one channel, whatever its guest advertises:
+# each may be a 520 KB HGFS packet held in both processes' buffers.
+MAX_IN_FLIGHT = 8
 
 
 class TCLORefused(ValueError):
@@ -63,35 +67,42 @@ class _Core:
     clock: IReactorTime
     queue: deque[_Pending] = field(default_factory=deque)
     pusher: ITCLOPusher | None = None
-    # The "in flight" state's command, None in "free".  `TCLOQueue` reads it to skip the
-    # machine where nothing would change (a poll with nothing to take, `busy`): a transition
-    # costs about a microsecond to look up, and polls come every 10-100 ms.
-    in_flight: _Pending | None = None
+    # The commands delivered and not yet answered, oldest first (empty in "free"): a guest
+    # answers in command order, so a reply is the oldest's.  `TCLOQueue` reads it to skip
+    # the machine where nothing would change (a poll with nothing to take, `busy`): a
+    # transition costs about a microsecond to look up, and polls come every 10-100 ms.
+    in_flight: deque[_Pending] = field(default_factory=deque)
+    # How many may be in flight: one, unless the pushed channel's guest said more.
+    depth: int = 1
     log: Logger = field(default_factory=Logger)
 
 
 class _Inputs(typing.Protocol):
-    """What happens to the command in flight (Automat's typed machines declare their inputs
+    """What happens to the commands in flight (Automat's typed machines declare their inputs
     with a `typing.Protocol`; nothing outside this module provides it)."""
 
     def deliver(self, pending: _Pending) -> None:
         "``pending`` goes to the guest (pushed, or handed to a poll)."
 
     def put_back(self) -> None:
-        "The guest refused delivery (an error ack on its poll)."
+        "The guest refused delivery (an error ack on its poll; polls carry one command)."
 
     def reply(self) -> _Pending:
-        "The guest answered the command in flight (returned)."
+        "The guest answered the oldest command in flight (returned); others are still in flight."
 
-    def give_up(self) -> ITCLOPusher | None:
-        "The command in flight timed out or was cancelled: the push channel now out of step."
+    def reply_last(self) -> _Pending:
+        "The guest answered the only command in flight (returned)."
 
-    def abandon(self) -> _Pending:
-        "The command in flight (returned) will never be answered: its channel closed."
+    def give_up(self, pending: _Pending) -> tuple[list[_Pending], ITCLOPusher | None]:
+        "``pending`` timed out or was cancelled: the others in flight (returned) are lost with the push channel."
+
+    def abandon(self) -> list[_Pending]:
+        "The commands in flight (returned) will never be answered: their channel closed."
 
 
 def _machine() -> typing.Callable[[_Core], _Inputs]:
-    #   free --deliver--> in flight --reply / put_back / give_up / abandon--> free
+    #   free --deliver--> in flight --deliver (while fewer than depth) / reply (others left)--> in flight
+    #   in flight --reply_last / put_back / give_up / abandon--> free
     #
     # The outputs only move commands about and return what to fire; `TCLOQueue` fires it
     # after the transition, so a caller's callbacks (which may `send`, or close a channel)
@@ -102,31 +113,40 @@ def _machine() -> typing.Callable[[_Core], _Inputs]:
     in_flight = builder.state("in flight")
 
     @pep614(free.upon(_Inputs.deliver).to(in_flight))
+    @pep614(in_flight.upon(_Inputs.deliver).to(in_flight))
     def deliver(machine: _Inputs, core: _Core, pending: _Pending) -> None:
-        core.in_flight = pending
+        core.in_flight.append(pending)
 
     @pep614(in_flight.upon(_Inputs.put_back).to(free))
     def requeue(machine: _Inputs, core: _Core) -> None:
-        core.queue.appendleft(core.in_flight)  # type: ignore[arg-type]  # set in "in flight"
-        core.in_flight = None
+        core.queue.appendleft(core.in_flight.popleft())
 
-    @pep614(in_flight.upon(_Inputs.reply).to(free))
-    @pep614(in_flight.upon(_Inputs.abandon).to(free))
+    @pep614(in_flight.upon(_Inputs.reply).to(in_flight))
+    @pep614(in_flight.upon(_Inputs.reply_last).to(free))
     def settle(machine: _Inputs, core: _Core) -> _Pending:
-        pending, core.in_flight = core.in_flight, None
-        assert pending is not None
+        pending = core.in_flight.popleft()
         pending.settle()
         return pending
 
+    @pep614(in_flight.upon(_Inputs.abandon).to(free))
+    def settle_all(machine: _Inputs, core: _Core) -> list[_Pending]:
+        lost = list(core.in_flight)
+        core.in_flight.clear()
+        for pending in lost:
+            pending.settle()
+        return lost
+
     @pep614(in_flight.upon(_Inputs.give_up).to(free))
-    def drop(machine: _Inputs, core: _Core) -> ITCLOPusher | None:
+    def drop(machine: _Inputs, core: _Core, pending: _Pending) -> tuple[list[_Pending], ITCLOPusher | None]:
         # On a polled channel a late reply finds nothing in flight and is dropped.  A pushed
         # stream cannot match a late reply to its command: it is out of step, so it is let
-        # go, to start over (and the guest gets a fresh reset).
-        pending = settle(machine, core)
+        # go, to start over (and the guest gets a fresh reset), and the commands sent after
+        # this one on it are lost with it.
+        lost = [other for other in settle_all(machine, core) if other is not pending]
         core.log.warn("TCLO command {command!r} abandoned", command=pending.command[:40])
         stuck, core.pusher = core.pusher, None
-        return stuck
+        core.depth = 1
+        return lost, stuck
 
     return builder.build()
 
@@ -135,14 +155,15 @@ _build = _machine()
 
 
 class TCLOQueue:
-    """Serial TCLO delivery, for guests that poll (backdoor) or are pushed to (streams).
+    """TCLO delivery, for guests that poll (backdoor) or are pushed to (streams).
 
     `send` queues a command and returns a Deferred firing with the guest's
     whole reply (``OK …``/``ERROR …``).  A push channel registers a `pusher`
-    and gets each command as soon as the guest is free; a polling channel
-    calls `take` on each poll.  Either way one command is in flight at a
-    time (the machine's "in flight" state); the next goes only after the
-    reply (`reply`) or its timeout.
+    and gets each command as soon as the guest has room; a polling channel
+    calls `take` on each poll.  One command is in flight at a time, or up to
+    the number a pushed guest said it accepts (`allow`, at most
+    `MAX_IN_FLIGHT`); replies come back in command order.  The next goes only
+    after a reply (`reply`) or a timeout.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -161,7 +182,17 @@ class TCLOQueue:
 
     @property
     def busy(self) -> bool:
-        return self._core.in_flight is not None
+        return bool(self._core.in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        """Commands sent and not yet answered."""
+        return len(self._core.in_flight)
+
+    @property
+    def depth(self) -> int:
+        """How many commands may be in flight now."""
+        return self._core.depth
 
     @property
     def pushed(self) -> bool:
@@ -172,23 +203,33 @@ class TCLOQueue:
         """A push channel connected: ``pusher.push(command)`` is called for each command.
 
         One guest, one channel: attaching while another is attached is a caller's bug
-        (the listener refuses a second TCLO stream before it gets here).
+        (the listener refuses a second TCLO stream before it gets here).  A new channel
+        carries one command at a time until its guest says otherwise (`allow`).
         """
         if self._core.pusher is not None and self._core.pusher is not pusher:
             raise RuntimeError("a TCLO channel is already attached")
+        if self._core.pusher is None:
+            self._core.depth = 1
         self._core.pusher = pusher
         self._push()
 
+    def allow(self, pusher: ITCLOPusher, in_flight: int) -> None:
+        """``pusher``'s guest accepts ``in_flight`` commands at once (capped at `MAX_IN_FLIGHT`)."""
+        if self._core.pusher is pusher:
+            self._core.depth = max(1, min(in_flight, MAX_IN_FLIGHT))
+            self._push()
+
     def detach(self, pusher: ITCLOPusher) -> None:
-        """The channel went away: the command in flight fails, the queue waits for the next one."""
+        """The channel went away: the commands in flight fail, the queue waits for the next one."""
         if self._core.pusher is pusher:
             self._core.pusher = None
+            self._core.depth = 1
             self.abandon(GuestGone("the guest's TCLO channel closed"))
 
     def take(self) -> bytes | None:
-        """For polling channels: the next command to deliver, if the guest is free."""
+        """For polling channels (and pushes): the next command to deliver, if the guest has room."""
         core = self._core
-        if core.in_flight is not None or not core.queue:
+        if len(core.in_flight) >= core.depth or not core.queue:
             return None
         pending = core.queue.popleft()
         self._machine.deliver(pending)
@@ -196,23 +237,26 @@ class TCLOQueue:
 
     def put_back(self) -> None:
         """The guest refused delivery (error ack): offer the same command again."""
-        if self._core.in_flight is not None:
+        if self._core.in_flight:
             self._machine.put_back()
 
     def reply(self, data: bytes) -> bool:
-        """The guest's answer to the command in flight; False if none was."""
-        if self._core.in_flight is None:
+        """The guest's answer to the oldest command in flight; False if none was."""
+        in_flight = len(self._core.in_flight)
+        if not in_flight:
             return False
-        self._machine.reply().reply.callback(data)
+        pending = self._machine.reply() if in_flight > 1 else self._machine.reply_last()
+        pending.reply.callback(data)
         self._push()
         return True
 
     def _push(self) -> None:
         pusher = self._core.pusher
-        if pusher is not None:
+        while pusher is not None and pusher is self._core.pusher:
             command = self.take()
-            if command is not None:
-                pusher.push(command)
+            if command is None:
+                return
+            pusher.push(command)
 
     def _expire(self, pending: _Pending) -> None:
         pending.timer = None
@@ -221,22 +265,26 @@ class TCLOQueue:
     def _give_up(self, pending: _Pending, error: Exception | None) -> None:
         """Stop waiting for ``pending``: it timed out, or its caller cancelled it (``error`` None:
         the Deferred fails with CancelledError by itself)."""
+        lost: list[_Pending] = []
         stuck = None
-        if pending is self._core.in_flight:
-            stuck = self._machine.give_up()
+        if pending in self._core.in_flight:
+            lost, stuck = self._machine.give_up(pending)
         elif pending in self._core.queue:  # not sent yet: no state changes
             self._core.queue.remove(pending)
             pending.settle()
         if error is not None:
             pending.reply.errback(error)
+        for other in lost:
+            other.reply.errback(GuestGone(f"the TCLO channel was dropped: {pending.command[:40]!r} got no reply"))
         if stuck is not None:
             stuck.out_of_step()
         self._push()
 
     def abandon(self, error: Exception) -> None:
-        """The command in flight will never be answered (its channel closed)."""
-        if self._core.in_flight is not None:
-            self._machine.abandon().reply.errback(error)
+        """The commands in flight will never be answered (their channel closed)."""
+        if self._core.in_flight:
+            for pending in self._machine.abandon():
+                pending.reply.errback(error)
 
     def fail_all(self, error: Exception) -> None:
         self.abandon(error)
