@@ -332,6 +332,146 @@ static PyObject *py_hb_in(PyObject *self, PyObject *args)
     return Py_BuildValue("(NN)", regs, buffer);
 }
 
+/* Where `exchange` stopped: the index of the call in its sequence. */
+enum { AT_SENDSIZE = 0, AT_HB_OUT = 1, AT_RECVSIZE = 2, AT_HB_IN = 3, AT_RECVSTATUS = 4 };
+
+/* The words of `exchange`, in the order of codecs.message.ExchangeWords. */
+enum {
+    W_DX, W_HB_DX, W_COOKIE_HIGH, W_COOKIE_LOW, W_CX_SENDSIZE, W_CX_RECVSIZE, W_CX_RECVSTATUS,
+    W_HB_BX, W_SUCCESS, W_DORECV, W_HB, W_SENDSIZE_TYPE, W_COUNT
+};
+
+static int parse_words(PyObject *words, uint64_t w[W_COUNT])
+{
+    Py_ssize_t i;
+    if (!PyTuple_Check(words) || PyTuple_GET_SIZE(words) != W_COUNT) {
+        PyErr_Format(PyExc_TypeError, "exchange: words must be a tuple of %d ints", (int)W_COUNT);
+        return 0;
+    }
+    for (i = 0; i < W_COUNT; i++) {
+        w[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(words, i));
+        if (w[i] == (uint64_t)-1 && PyErr_Occurred())
+            return 0;
+    }
+    return 1;
+}
+
+/* A TCLO/RPCI status: the high half of the 32-bit word it comes in. */
+#define STATUS_OF(word) (((word) >> 16) & 0xFFFFu)
+
+static PyObject *stopped_at(int stage, const Regs *r, int with_bp, PyObject *data)
+{
+    PyObject *regs = regs_tuple(r, with_bp);
+    if (regs == NULL) {
+        Py_XDECREF(data);
+        return NULL;
+    }
+    if (data == NULL)
+        data = PyBytes_FromStringAndSize(NULL, 0);
+    if (data == NULL) {
+        Py_DECREF(regs);
+        return NULL;
+    }
+    return Py_BuildValue("(iNN)", stage, regs, data);
+}
+
+PyDoc_STRVAR(exchange_doc,
+"exchange(payload, words) -> bytes | (stage, regs, data)\n\n"
+"One message-channel exchange on the I/O port, its backdoor calls back to\n"
+"back: SENDSIZE; rep outsb of payload if the VMX offers high bandwidth;\n"
+"RECVSIZE; if a message waits, rep insb of it into a fresh bytes object;\n"
+"RECVSTATUS.  The registers and the status bits come from words (a tuple\n"
+"laid out as codecs.message.ExchangeWords): no protocol constant lives here.\n\n"
+"Returns the message received (b\"\" if none), or, at the first answer off\n"
+"that path (a failure, a checkpoint, low bandwidth, a wrong type), stops and\n"
+"returns (stage, regs, data): stage the index of that call in the sequence\n"
+"(0 SENDSIZE, 1 rep outsb, 2 RECVSIZE, 3 rep insb, 4 RECVSTATUS), regs its\n"
+"registers out (six for in, seven with RBP for the rep ones), data the bytes\n"
+"received so far.  The caller goes on from there.");
+
+static PyObject *py_exchange(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Regs r = {0};
+    uint64_t w[W_COUNT];
+    Py_buffer payload;
+    PyObject *data = NULL;
+    uint64_t status, size;
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "exchange(payload, words) takes exactly two arguments");
+        return NULL;
+    }
+    if (!parse_words(args[1], w))
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &payload, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (!may_execute(BDOOR_MAGIC, MODE_PORT)) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+#if BACKDOOR_SUPPORTED
+    /* Sending. */
+    r.ax = BDOOR_MAGIC; r.bx = (uint64_t)payload.len; r.cx = w[W_CX_SENDSIZE]; r.dx = w[W_DX];
+    r.si = w[W_COOKIE_HIGH]; r.di = w[W_COOKIE_LOW];
+    exec_lb(&r, MODE_PORT);
+    status = STATUS_OF(r.cx);
+    if (!(status & w[W_SUCCESS]) || (payload.len && !(status & w[W_HB]))) {
+        PyBuffer_Release(&payload);
+        return stopped_at(AT_SENDSIZE, &r, 0, NULL);
+    }
+    if (payload.len) {
+        memset(&r, 0, sizeof r);
+        r.ax = BDOOR_MAGIC; r.bx = w[W_HB_BX]; r.cx = (uint64_t)payload.len; r.dx = w[W_HB_DX];
+        r.si = (uint64_t)(uintptr_t)payload.buf; r.di = w[W_COOKIE_LOW]; r.bp = w[W_COOKIE_HIGH];
+        exec_hb_out(&r, MODE_PORT);
+        if (!(STATUS_OF(r.bx) & w[W_SUCCESS])) {
+            PyBuffer_Release(&payload);
+            return stopped_at(AT_HB_OUT, &r, 1, NULL);
+        }
+    }
+    PyBuffer_Release(&payload);
+
+    /* Receiving. */
+    memset(&r, 0, sizeof r);
+    r.ax = BDOOR_MAGIC; r.cx = w[W_CX_RECVSIZE]; r.dx = w[W_DX];
+    r.si = w[W_COOKIE_HIGH]; r.di = w[W_COOKIE_LOW];
+    exec_lb(&r, MODE_PORT);
+    status = STATUS_OF(r.cx);
+    if (!(status & w[W_SUCCESS]))
+        return stopped_at(AT_RECVSIZE, &r, 0, NULL);
+    if (!(status & w[W_DORECV]))
+        return PyBytes_FromStringAndSize(NULL, 0);
+    size = r.bx & 0xFFFFFFFFu;
+    if (STATUS_OF(r.dx) != w[W_SENDSIZE_TYPE] || (size && !(status & w[W_HB])))
+        return stopped_at(AT_RECVSIZE, &r, 0, NULL);
+    data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (data == NULL)
+        return NULL;
+    if (size) {
+        /* Zeroed, so whatever the VMX does not write reads back as zeros, not heap garbage. */
+        memset(PyBytes_AS_STRING(data), 0, (size_t)size);
+        memset(&r, 0, sizeof r);
+        r.ax = BDOOR_MAGIC; r.bx = w[W_HB_BX]; r.cx = size; r.dx = w[W_HB_DX];
+        r.si = w[W_COOKIE_HIGH]; r.di = (uint64_t)(uintptr_t)PyBytes_AS_STRING(data);
+        r.bp = w[W_COOKIE_LOW];
+        exec_hb_in(&r, MODE_PORT);
+        if (!(STATUS_OF(r.bx) & w[W_SUCCESS]))
+            return stopped_at(AT_HB_IN, &r, 1, data);
+    }
+    memset(&r, 0, sizeof r);
+    r.ax = BDOOR_MAGIC; r.bx = w[W_SUCCESS]; r.cx = w[W_CX_RECVSTATUS]; r.dx = w[W_DX];
+    r.si = w[W_COOKIE_HIGH]; r.di = w[W_COOKIE_LOW];
+    exec_lb(&r, MODE_PORT);
+    if (!(STATUS_OF(r.cx) & w[W_SUCCESS]))
+        return stopped_at(AT_RECVSTATUS, &r, 0, data);
+    return data;
+#else
+    (void)status; (void)size; (void)data;
+    PyBuffer_Release(&payload);
+    return NULL; /* not reached: may_execute refused */
+#endif
+}
+
 PyDoc_STRVAR(cpuid_doc,
 "cpuid(leaf, subleaf=0) -> (eax, ebx, ecx, edx)\n\n"
 "Execute CPUID (safe everywhere on x86-64; the hypervisor answers it).");
@@ -374,6 +514,7 @@ static PyMethodDef methods[] = {
     {"lb", py_lb, METH_VARARGS, lb_doc},
     {"hb_out", py_hb_out, METH_VARARGS, hb_out_doc},
     {"hb_in", py_hb_in, METH_VARARGS, hb_in_doc},
+    {"exchange", (PyCFunction)(void (*)(void))py_exchange, METH_FASTCALL, exchange_doc},
     {"cpuid", py_cpuid, METH_VARARGS, cpuid_doc},
     {"vmware", py_vmware, METH_NOARGS, vmware_doc},
     {NULL, NULL, 0, NULL},
@@ -382,7 +523,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "twisted_vmtools._backdoor",
-    "VMware backdoor instructions (in/rep outsb/rep insb/vmcall/vmmcall) and CPUID.",
+    "VMware backdoor instructions (in/rep outsb/rep insb/vmcall/vmmcall), a whole\n"
+    "message-channel exchange made of them, and CPUID.",
     -1,
     methods,
     NULL, NULL, NULL, NULL,

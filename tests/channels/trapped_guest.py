@@ -12,7 +12,34 @@ from twisted.internet.task import Clock
 
 from twisted_vmtools.channels.backdoor import BackdoorChannel, hardware_executor
 from twisted_vmtools.channels.detect import detect
-from twisted_vmtools.codecs.message import PROTO_TCLO, GuestChannel, run_steps
+from twisted_vmtools.codecs.message import (
+    PROTO_RPCI,
+    PROTO_TCLO,
+    BackdoorCall,
+    BackdoorResult,
+    DirectBackdoor,
+    ExchangeWords,
+    GuestChannel,
+    run_steps,
+)
+
+
+class StoppingEarly:
+    """The extension's calls, its exchange told that no status bit means high bandwidth."""
+
+    def __init__(self, port: DirectBackdoor) -> None:
+        self.port = port
+        self.lb, self.hb_out, self.hb_in = port.lb, port.hb_out, port.hb_in
+        self.stages: list[int] = []
+
+    def __call__(self, call: BackdoorCall) -> BackdoorResult:
+        return self.port(call)
+
+    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes]:
+        result = self.port.exchange(payload, words._replace(hb=0))
+        if not isinstance(result, bytes):
+            self.stages.append(result[0])
+        return result
 
 
 def main() -> int:
@@ -32,16 +59,29 @@ def main() -> int:
         return 1
 
     # The VMX greets a new TCLO channel with reset, then Capabilities_Register; each reply rides the next poll.
+    # Through the extension's whole-exchange call (the channel's RPCI above went through it too).
+    assert isinstance(executor, DirectBackdoor)
     tclo = GuestChannel(PROTO_TCLO)
     run_steps(tclo.open(), executor)
-    run_steps(tclo.send(b""), executor)
-    first = run_steps(tclo.receive(), executor)
-    run_steps(tclo.send(b"OK ATR toolbox"), executor)
-    second = run_steps(tclo.receive(), executor)
+    first = tclo.exchange_direct(b"", executor)
+    second = tclo.exchange_direct(b"OK ATR toolbox", executor)
     run_steps(tclo.close(), executor)
     if (first, second) != (b"reset", b"Capabilities_Register"):
         print(f"TCLO failed: {first!r}, {second!r}")
         return 1
+    # Where the extension's exchange stops and the guest goes on: told that no status
+    # means high bandwidth, it stops at SENDSIZE (the request then goes at low bandwidth)
+    # or, with nothing to send, at RECVSIZE.
+    rpci = GuestChannel(PROTO_RPCI)
+    run_steps(rpci.open(), executor)
+    stopping = StoppingEarly(executor)
+    for request, stage in ((b"info-get guestinfo.trapped", 0), (b"", 2)):
+        reply = rpci.exchange_direct(request, stopping)
+        if stopping.stages != [stage] or (request and reply != b"1 " + value) or (not request and not reply):
+            print(f"an exchange stopping early failed: {stopping.stages}, {reply[:40]!r}")
+            return 1
+        stopping.stages.clear()
+    run_steps(rpci.close(), executor)
     # The trap engine never advertises the hypercall interface, so the extension
     # must refuse vmcall/vmmcall rather than hand them to the real hypervisor.
     from twisted_vmtools import _backdoor

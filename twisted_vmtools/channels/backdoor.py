@@ -120,6 +120,9 @@ class PortBackdoor:
         self.lb = extension.lb
         self.hb_out = extension.hb_out
         self.hb_in = extension.hb_in
+        # A whole exchange in C, back to back: under the trap engine no Python runs between its
+        # traps, so the tracer is not left idle (and halting) between them, as with vmtoolsd.
+        self.exchange = extension.exchange
 
     def __call__(self, call: BackdoorCall) -> BackdoorResult:
         return self._execute(call)

@@ -130,6 +130,90 @@ class DirectBackdoor(Protocol):
     def hb_in(self, ax: int, bx: int, dx: int, si: int, bp: int, size: int, /) -> tuple[tuple[int, ...], bytes]:
         """``rep insb`` into a fresh ``size``-byte buffer: the seven registers out, and the buffer."""
 
+    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes]:
+        """A whole exchange's calls back to back (see `exchange_by_calls`): the message, or where it stopped.
+
+        Where it stopped is ``(stage, regs, data)``, an `ExchangeStopped` or a plain tuple laid out the same.
+        """
+
+
+class ExchangeWords(NamedTuple):
+    """What `DirectBackdoor.exchange` puts in the registers and tests in the statuses.
+
+    Declared here, passed to the C extension as a tuple, so that the message
+    channel's facts stay in this module.  One per open channel (`GuestChannel`).
+    """
+
+    dx: int  # DX of the low-bandwidth calls: the channel id and the port
+    hb_dx: int  # the same for the high-bandwidth ones
+    cookie_high: int
+    cookie_low: int
+    cx_sendsize: int  # ECX of SENDSIZE, RECVSIZE and RECVSTATUS
+    cx_recvsize: int
+    cx_recvstatus: int
+    hb_bx: int  # EBX of rep outsb / rep insb
+    success: int  # the status bits tested
+    dorecv: int
+    hb: int
+    sendsize_type: int  # what RECVSIZE puts in DX's high half when a message waits
+
+
+class ExchangeStage(enum.IntEnum):
+    """The calls of one exchange, in order: where `DirectBackdoor.exchange` may stop."""
+
+    SENDSIZE = 0
+    HB_OUT = 1
+    RECVSIZE = 2
+    HB_IN = 3
+    RECVSTATUS = 4
+
+
+class ExchangeStopped(NamedTuple):
+    """Where an exchange left the plain path: that call's stage, its registers out, the bytes received."""
+
+    stage: int
+    regs: tuple[int, ...]  # six for the low-bandwidth calls, seven (with RBP) for rep outsb / rep insb
+    data: bytes
+
+
+def exchange_by_calls(backdoor: DirectBackdoor, payload: bytes, words: ExchangeWords) -> bytes | ExchangeStopped:
+    """`DirectBackdoor.exchange` made of the three single calls: the C extension's contract, in Python.
+
+    Send: SENDSIZE, then (if high bandwidth and a payload) rep outsb.  Receive:
+    RECVSIZE; if a message waits, rep insb of it (none for an empty one);
+    RECVSTATUS.  At the first answer off that path (a status without success,
+    a checkpoint, low bandwidth, a wrong message type, a short rep insb),
+    stop: `GuestChannel.exchange_direct` goes on from that call.
+    """
+    (dx, hb_dx, cookie_high, cookie_low, cx_sendsize, cx_recvsize, cx_recvstatus, hb_bx, success, dorecv, hb,
+     sendsize_type) = words
+    regs = backdoor.lb(BDOOR_MAGIC, len(payload), cx_sendsize, dx, cookie_high, cookie_low)
+    status = (regs[2] >> 16) & 0xFFFF
+    if not status & success or (payload and not status & hb):
+        return ExchangeStopped(ExchangeStage.SENDSIZE, regs, b"")
+    if payload:
+        regs = backdoor.hb_out(BDOOR_MAGIC, hb_bx, hb_dx, cookie_low, cookie_high, payload)
+        if not (regs[1] >> 16) & success:
+            return ExchangeStopped(ExchangeStage.HB_OUT, regs, b"")
+    regs = backdoor.lb(BDOOR_MAGIC, 0, cx_recvsize, dx, cookie_high, cookie_low)
+    status = (regs[2] >> 16) & 0xFFFF
+    if not status & success:
+        return ExchangeStopped(ExchangeStage.RECVSIZE, regs, b"")
+    if not status & dorecv:
+        return b""
+    size = regs[1] & MASK32
+    if (regs[3] >> 16) & 0xFFFF != sendsize_type or (size and not status & hb):
+        return ExchangeStopped(ExchangeStage.RECVSIZE, regs, b"")
+    data = b""
+    if size:
+        regs, data = backdoor.hb_in(BDOOR_MAGIC, hb_bx, hb_dx, cookie_high, cookie_low, size)
+        if not (regs[1] >> 16) & success or len(data) != size:  # short: never from the C extension's buffer
+            return ExchangeStopped(ExchangeStage.HB_IN, regs, data)
+    regs = backdoor.lb(BDOOR_MAGIC, success, cx_recvstatus, dx, cookie_high, cookie_low)
+    if not (regs[2] >> 16) & success:
+        return ExchangeStopped(ExchangeStage.RECVSTATUS, regs, data)
+    return data
+
 
 class DirectCalls:
     """A `DirectBackdoor` over any executor: each direct call becomes the `BackdoorCall` it stands for.
@@ -154,6 +238,9 @@ class DirectCalls:
     def hb_in(self, ax: int, bx: int, dx: int, si: int, bp: int, size: int, /) -> tuple[tuple[int, ...], bytes]:
         result = self._execute(BackdoorCall(BackdoorOp.HB_IN, Registers(ax, bx, size, dx, si, 0, bp)))
         return tuple(result.regs), result.data
+
+    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes]:
+        return exchange_by_calls(self, payload, words)
 
 
 def _message_regs(kind: MessageType, channel: int, bx: int, cookie_high: int, cookie_low: int) -> Registers:
@@ -183,6 +270,10 @@ _SENDSIZE = int(MessageType.SENDSIZE)
 _CX_SENDSIZE = _CX[MessageType.SENDSIZE]
 _CX_RECVSIZE = _CX[MessageType.RECVSIZE]
 _CX_RECVSTATUS = _CX[MessageType.RECVSTATUS]
+_AT_SENDSIZE = int(ExchangeStage.SENDSIZE)
+_AT_HB_OUT = int(ExchangeStage.HB_OUT)
+_AT_RECVSIZE = int(ExchangeStage.RECVSIZE)
+_AT_HB_IN = int(ExchangeStage.HB_IN)
 # Each backdoor call builds its registers and its call as named tuples through tuple.__new__,
 # skipping their Python-level __new__: under the trap engine every Python step between two
 # trapped instructions runs cache-cold, and these steps doubled the guest's CPU per TCLO poll.
@@ -208,6 +299,7 @@ class GuestChannel:
         self.cookie_low = 0
         self._dx = 0  # DX of every low-bandwidth call on this channel: its id and the port
         self._hb_dx = 0  # the same for high-bandwidth calls
+        self._words: ExchangeWords | None = None  # what `exchange_direct` passes, once open
 
     @property
     def is_open(self) -> bool:
@@ -229,6 +321,10 @@ class GuestChannel:
                 if bx & FLAG_COOKIE:
                     self.cookie_high = result.regs.si & MASK32
                     self.cookie_low = result.regs.di & MASK32
+                self._words = ExchangeWords(
+                    self._dx, self._hb_dx, self.cookie_high, self.cookie_low, _CX_SENDSIZE, _CX_RECVSIZE,
+                    _CX_RECVSTATUS, _HB_BX, _SUCCESS, _DORECV, _HB, _SENDSIZE,
+                )
                 return
         raise MessageChannelError(f"the VMX refused to open a channel for protocol {self.protocol:#x}")
 
@@ -237,6 +333,7 @@ class GuestChannel:
             return
         result = yield self._call(MessageType.CLOSE)
         self.id = None
+        self._words = None
         if not _status(result.regs) & _SUCCESS:
             raise MessageChannelError("the VMX refused to close the channel")
 
@@ -248,28 +345,55 @@ class GuestChannel:
     # -- the same, by direct calls (see DirectBackdoor): the common case inline, the rest by the steps
 
     def exchange_direct(self, payload: bytes, backdoor: DirectBackdoor) -> bytes:
-        """`exchange` made with direct calls: the same backdoor calls, in the same order."""
-        self.send_direct(payload, backdoor)
+        """`exchange` made with direct calls: the same backdoor calls, in the same order.
+
+        The plain path (sent and received at high bandwidth, or nothing waiting)
+        is one `DirectBackdoor.exchange`, its calls back to back; at the first
+        answer off it, the rest goes on here from that very call.
+        """
+        words = self._words
+        if words is None:
+            raise MessageChannelError("message channel is not open")
+        result = backdoor.exchange(payload, words)
+        if isinstance(result, bytes):
+            return result
+        stage, regs, data = result
+        if stage == _AT_SENDSIZE:
+            self._sent_size(payload, regs[2], backdoor)
+        elif stage == _AT_HB_OUT:
+            self._sent_high_bandwidth(payload, regs[1], backdoor)
+        elif stage == _AT_RECVSIZE:
+            return self._received_size(regs[1], regs[2], regs[3], backdoor)
+        elif stage == _AT_HB_IN:
+            return self._received_high_bandwidth(regs[1], regs[2], data, backdoor)
+        else:
+            return self._received_status(regs[2], data, backdoor)
         return self.receive_direct(backdoor)
 
     def send_direct(self, payload: bytes, backdoor: DirectBackdoor) -> None:
         """`send` made with direct calls."""
         if self.id is None:
             raise MessageChannelError("message channel is not open")
-        size = len(payload)
-        cx = backdoor.lb(BDOOR_MAGIC, size, _CX_SENDSIZE, self._dx, self.cookie_high, self.cookie_low)[2]
+        cx = backdoor.lb(BDOOR_MAGIC, len(payload), _CX_SENDSIZE, self._dx, self.cookie_high, self.cookie_low)[2]
+        self._sent_size(payload, cx, backdoor)
+
+    def _sent_size(self, payload: bytes, cx: int, backdoor: DirectBackdoor) -> None:
+        """`send_direct` on from SENDSIZE's answer (ECX)."""
         status = (cx >> 16) & 0xFFFF
         if not status & _SUCCESS:
-            raise MessageChannelError(f"SENDSIZE of {size} bytes refused (status {status:#x})")
+            raise MessageChannelError(f"SENDSIZE of {len(payload)} bytes refused (status {status:#x})")
         if not payload:
             return
         if status & _HB:
             bx = backdoor.hb_out(BDOOR_MAGIC, _HB_BX, self._hb_dx, self.cookie_low, self.cookie_high, payload)[1]
-            status = (bx >> 16) & 0xFFFF
-            sent = bool(status & _SUCCESS) or self._chunk_ok(status, "high-bandwidth send")
-        else:
-            sent = bool(run_steps(self._send_low_bandwidth(payload), backdoor))
-        if not sent:
+            self._sent_high_bandwidth(payload, bx, backdoor)
+        elif not run_steps(self._send_low_bandwidth(payload), backdoor):
+            run_steps(self.send(payload), backdoor)  # a checkpoint: start over, as `send` does
+
+    def _sent_high_bandwidth(self, payload: bytes, bx: int, backdoor: DirectBackdoor) -> None:
+        """`send_direct` on from rep outsb's answer (EBX)."""
+        status = (bx >> 16) & 0xFFFF
+        if not (status & _SUCCESS or self._chunk_ok(status, "high-bandwidth send")):
             run_steps(self.send(payload), backdoor)  # a checkpoint: start over, as `send` does
 
     def receive_direct(self, backdoor: DirectBackdoor) -> bytes:
@@ -277,6 +401,10 @@ class GuestChannel:
         if self.id is None:
             raise MessageChannelError("message channel is not open")
         _, bx, cx, dx, _, _ = backdoor.lb(BDOOR_MAGIC, 0, _CX_RECVSIZE, self._dx, self.cookie_high, self.cookie_low)
+        return self._received_size(bx, cx, dx, backdoor)
+
+    def _received_size(self, bx: int, cx: int, dx: int, backdoor: DirectBackdoor) -> bytes:
+        """`receive_direct` on from RECVSIZE's answer."""
         status = (cx >> 16) & 0xFFFF
         if not status & _SUCCESS:
             raise MessageChannelError(f"RECVSIZE failed (status {status:#x})")
@@ -285,19 +413,36 @@ class GuestChannel:
         if (dx >> 16) & 0xFFFF != _SENDSIZE:
             raise MessageChannelError("RECVSIZE answered with the wrong message type")
         size = bx & MASK32
-        data: bytes | None
         if status & _HB and size:
             regs, data = backdoor.hb_in(BDOOR_MAGIC, _HB_BX, self._hb_dx, self.cookie_high, self.cookie_low, size)
-            status = (regs[1] >> 16) & 0xFFFF
-            if not (status & _SUCCESS and len(data) == size):
-                data = run_steps(self._high_bandwidth_receive_failed(status, size, data), backdoor)  # type: ignore[assignment]
-        else:
-            data = run_steps(self._receive_low_bandwidth(size), backdoor)  # type: ignore[assignment]
-        if data is not None:
-            cx = backdoor.lb(BDOOR_MAGIC, _SUCCESS, _CX_RECVSTATUS, self._dx, self.cookie_high, self.cookie_low)[2]
-            status = (cx >> 16) & 0xFFFF
-            if status & _SUCCESS or self._chunk_ok(status, "RECVSTATUS"):
-                return data
+            return self._received_high_bandwidth(regs[1], size, data, backdoor)
+        return self._received_payload(run_steps(self._receive_low_bandwidth(size), backdoor), backdoor)  # type: ignore[arg-type]
+
+    def _received_high_bandwidth(self, bx: int, size: int, data: bytes, backdoor: DirectBackdoor) -> bytes:
+        """`receive_direct` on from rep insb's answer (EBX) and bytes, ``size`` having been asked for."""
+        status = (bx >> 16) & 0xFFFF
+        if not (status & _SUCCESS and len(data) == size):
+            return self._received_payload(
+                run_steps(self._high_bandwidth_receive_failed(status, size, data), backdoor),  # type: ignore[arg-type]
+                backdoor,
+            )
+        return self._received_payload(data, backdoor)
+
+    def _received_payload(self, data: bytes | None, backdoor: DirectBackdoor) -> bytes:
+        """`receive_direct` on with the message's bytes, or None after a checkpoint."""
+        if data is None:
+            return self._receive_again(backdoor)
+        cx = backdoor.lb(BDOOR_MAGIC, _SUCCESS, _CX_RECVSTATUS, self._dx, self.cookie_high, self.cookie_low)[2]
+        return self._received_status(cx, data, backdoor)
+
+    def _received_status(self, cx: int, data: bytes, backdoor: DirectBackdoor) -> bytes:
+        """`receive_direct` on from RECVSTATUS's answer (ECX) for ``data``."""
+        status = (cx >> 16) & 0xFFFF
+        if status & _SUCCESS or self._chunk_ok(status, "RECVSTATUS"):
+            return data
+        return self._receive_again(backdoor)
+
+    def _receive_again(self, backdoor: DirectBackdoor) -> bytes:
         return run_steps(self.receive(), backdoor)  # type: ignore[return-value]  # a checkpoint: start over
 
     def send(self, payload: bytes) -> Generator[BackdoorCall, BackdoorResult, None]:
