@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer
@@ -16,6 +17,7 @@ from twisted_vmtools.channels.backdoor import (
     COMMANDS_PER_TURN,
     HANDLER_FAILED,
     BackdoorChannel,
+    PortBackdoor,
     host_executor,
     hypercall_dx,
 )
@@ -482,3 +484,15 @@ def test_a_late_answer_from_before_a_restart_is_dropped() -> None:
     clock.advance(1)
     assert vmx.tclo.replies[-1:] == [b"OK ATR toolbox"]
     assert channel.polling
+
+
+def test_an_extension_built_before_the_exchange_call_gets_it_made_of_single_calls() -> None:
+    vmx = FakeVMX()
+    executor = Interposer(host_executor(vmx.host))
+    calls = DirectCalls(executor)
+    old_build = SimpleNamespace(lb=calls.lb, hb_out=calls.hb_out, hb_in=calls.hb_in)
+    channel = BackdoorChannel(PortBackdoor(executor, old_build), Clock())
+    assert result_of(channel.rpci(b"still works")) == b"1 still works"
+    assert executor.ops() == ["OPEN", "SENDSIZE", "hb-out", "RECVSIZE", "hb-in", "RECVSTATUS"]
+    current = SimpleNamespace(lb=calls.lb, hb_out=calls.hb_out, hb_in=calls.hb_in, exchange=calls.exchange)
+    assert PortBackdoor(executor, current).exchange == calls.exchange

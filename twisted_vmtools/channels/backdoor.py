@@ -37,7 +37,10 @@ from ..codecs.message import (
     BackdoorOp,
     BackdoorResult,
     DirectBackdoor,
+    ExchangeStopped,
+    ExchangeWords,
     GuestChannel,
+    exchange_by_calls,
     run_steps,
 )
 from ..codecs.registers import BDOOR_FLAGS_HB, BDOOR_FLAGS_WRITE, MASK64, Registers
@@ -122,7 +125,11 @@ class PortBackdoor:
         self.hb_in = extension.hb_in
         # A whole exchange in C, back to back: under the trap engine no Python runs between its
         # traps, so the tracer is not left idle (and halting) between them, as with vmtoolsd.
-        self.exchange = extension.exchange
+        # An extension built before it had that call gets the same calls made from Python.
+        self.exchange = getattr(extension, "exchange", None) or self._exchange_by_calls
+
+    def _exchange_by_calls(self, payload: bytes, words: ExchangeWords, /) -> bytes | ExchangeStopped:
+        return exchange_by_calls(self, payload, words)
 
     def __call__(self, call: BackdoorCall) -> BackdoorResult:
         return self._execute(call)
