@@ -12,10 +12,11 @@ consumers without holding a file in memory.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.python.failure import Failure
 
 from ..codecs import hgfs
 from ..codecs.hgfs import AttrV2, FileNameV3, Header, Op, OpenFlags, OpenMode, Status
@@ -206,25 +207,26 @@ class HGFSClient:
     async def _read_all(self, handle: int, write: Callable[[bytes], object], depth: int, streamed: bool) -> int:
         size = self.io_size
         offset = 0
+        # At most ``depth`` reads in flight: what the client holds is bounded by depth x size, and
+        # ``write`` returning a Deferred (a consumer that is full) holds the next reads back.
         inflight: deque[Deferred[bytes]] = deque()
-        while True:
-            while len(inflight) < depth:
-                inflight.append(self._read(handle, offset + len(inflight) * size, size))
-            try:
+        try:
+            while True:
+                while len(inflight) < depth:
+                    inflight.append(self._read(handle, offset + len(inflight) * size, size))
                 chunk = await inflight.popleft()
-            except BaseException:
-                for pending in inflight:
-                    pending.addErrback(lambda _: None)  # the first failure is the one raised
-                raise
-            if chunk:
-                result = write(chunk)
-                if isinstance(result, Deferred):
-                    await result
-                offset += len(chunk)
-            if not chunk or (len(chunk) < size and not streamed):
-                for pending in inflight:  # reads queued past the end come back empty: wait them out
-                    await pending
-                return offset
+                if chunk:
+                    result = write(chunk)
+                    if isinstance(result, Deferred):
+                        await result
+                    offset += len(chunk)
+                if not chunk or (len(chunk) < size and not streamed):
+                    while inflight:  # reads queued past the end come back empty: wait them out
+                        await inflight.popleft()
+                    return offset
+        except BaseException:
+            _quiet(inflight)  # the first failure is the one raised
+            raise
 
     async def upload(
         self,
@@ -242,18 +244,22 @@ class HGFSClient:
         flags = OpenFlags.CREATE_EMPTY if overwrite else OpenFlags.CREATE_SAFE
         handle = await self.open(path, OpenMode.WRITE_ONLY, flags, permissions)
         offset = 0
+        # Writes are pipelined too, at most ``pipeline`` in flight (bounded memory): the guest
+        # finds the next one queued when it answers.
         inflight: deque[Deferred[int]] = deque()
+        reading = False
         try:
             if permissions is not None:
                 # The guest's umask filtered the mode at open; the VMX sets the asked-for attributes.
                 await self.setattr(path, permissions_attr(permissions))
             while True:
+                reading = True
                 chunk = read(self.io_size)
                 if not isinstance(chunk, bytes):
                     chunk = await chunk
+                reading = False
                 if not chunk:
                     break
-                # Writes are pipelined too: the guest finds the next one queued when it answers.
                 inflight.append(self._write(handle, offset, chunk))
                 offset += len(chunk)
                 if len(inflight) >= self.pipeline:
@@ -261,17 +267,41 @@ class HGFSClient:
             while inflight:
                 await inflight.popleft()
         except BaseException as error:
-            for pending in inflight:
-                pending.addErrback(lambda _: None)  # the first failure is the one raised
-            # Cut off: the session's end discards the upload.  A guest that answered is told at
-            # once; one that is gone drops the session itself (restart or idle expiry).
-            if isinstance(error, HGFSClientError) and error.status != Status.TRANSPORT_ERROR:
-                await self.stop()
-            else:
-                self.session_id = None
+            await self._cut_off(error, inflight, local=reading)
             raise
         await self.close(handle)
         return offset
+
+    async def _cut_off(self, error: BaseException, inflight: deque[Deferred[int]], *, local: bool) -> None:
+        """An upload stopped midway: the session's end discards it (the guest keeps no half-written file).
+
+        A guest that answered is told at once, after the writes already sent (a local
+        error, such as the source failing to read, waits for them to settle); one that is
+        gone drops the session itself (restart or idle expiry).
+        """
+        told = local or (isinstance(error, HGFSClientError) and error.status != Status.TRANSPORT_ERROR)
+        if local and inflight:
+            outcomes = await DeferredList(list(inflight), consumeErrors=True)
+            told = all(ok or _answered(result) for ok, result in outcomes)  # type: ignore[arg-type]
+        else:
+            _quiet(inflight)  # the first failure is the one raised
+        if not told:
+            self.session_id = None
+            return
+        try:
+            await self.stop()
+        except Exception:  # the error being raised says what went wrong first
+            self.session_id = None
+
+
+def _quiet(pending: Iterable[Deferred[Any]]) -> None:
+    for deferred in pending:
+        deferred.addErrback(lambda _: None)
+
+
+def _answered(failure: Failure) -> bool:
+    """A failed request that the guest answered (an error status), not one lost on the way."""
+    return bool(failure.check(HGFSClientError)) and failure.value.status != Status.TRANSPORT_ERROR  # type: ignore[union-attr]
 
 
 def _read_data(reply: hgfs.ReadReply) -> bytes:

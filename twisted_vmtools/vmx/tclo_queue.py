@@ -190,6 +190,11 @@ class TCLOQueue:
         return len(self._core.in_flight)
 
     @property
+    def waiting(self) -> int:
+        """Commands queued, not yet sent."""
+        return len(self._core.queue)
+
+    @property
     def depth(self) -> int:
         """How many commands may be in flight now."""
         return self._core.depth
