@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
@@ -12,7 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 
 from twisted_vmtools.codecs.datamap import VsockPacket
-from twisted_vmtools.framing import STREAM_BUFFER, PacketProtocol, widen, widen_socket
+from twisted_vmtools.framing import STREAM_BUFFER, PacketProtocol, _unsent, widen, widen_socket
 
 
 class _SocketTransport(FileDescriptor):
@@ -139,3 +140,13 @@ async def test_a_large_packet_is_read_to_its_end_at_once_and_no_further() -> Non
     del transport
     right.close()
     left.close()
+
+
+@pytest.mark.parametrize("sent", [0, 1, 7, 8, 9, 20, 25])
+def test_what_a_partial_send_leaves_is_the_rest_in_order(sent: int) -> None:
+    pieces: list[bytes | memoryview] = [b"12345678", memoryview(b"abcdefghijkl"), b"XYZ", b"!!"]
+    rest = _unsent(pieces, sent)
+    assert b"".join(rest) == b"".join(bytes(piece) for piece in pieces)[sent:]
+    assert all(type(piece) is bytes for piece in rest)
+    if sent <= 20:
+        assert any(piece is pieces[2] for piece in rest)  # a bytes piece not yet begun is not copied

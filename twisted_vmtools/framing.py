@@ -121,7 +121,23 @@ def send_pieces(transport: Any, sock: socket.socket | None, pieces: Sequence[byt
     except OSError:
         sent = 0  # would block; or an error the transport's own write meets and reports
     if sent < sum(len(piece) for piece in pieces):
-        transport.write(b"".join(pieces)[sent:])
+        transport.writeSequence(_unsent(pieces, sent))
+
+
+def _unsent(pieces: Sequence[bytes | memoryview], sent: int) -> list[bytes]:
+    """What is left of ``pieces`` after ``sent`` bytes, as bytes for Twisted's buffer.
+
+    Only the piece cut by the send is copied (a whole bytes piece is kept as it is): with
+    several replies in flight, the kernel buffer often takes part of a 520 KB packet.
+    """
+    rest: list[bytes] = []
+    for piece in pieces:
+        if sent >= len(piece):
+            sent -= len(piece)
+            continue
+        rest.append(piece if not sent and isinstance(piece, bytes) else bytes(piece[sent:]))
+        sent = 0
+    return rest
 
 
 def drained(transport: object) -> bool:
