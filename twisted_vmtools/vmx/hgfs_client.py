@@ -1,9 +1,13 @@
 """The VMX's HGFS client: what ESXi does to move a file for InitiateFileTransferTo/FromGuest.
 
 A V4-header session (CreateSessionV4 … DestroySessionV4), large packets where
-the channel carries them, and reads pipelined: several ReadV3 are queued at
-once so the guest always has the next one waiting (the TCLO queue still
-delivers them one at a time, but the client's round trip leaves the path).
+the channel carries them, and transfers pipelined: ``pipeline`` ReadV3 (or
+WriteV3) at successive offsets are queued at once, so the guest always has the
+next one waiting.  Where the TCLO channel takes several commands in flight (the
+stream transport, docs/stream-transport.md) they travel together and the two
+processes work at once; elsewhere the queue delivers them one at a time, and
+only the client's own round trip leaves the path.  Data reaches the caller in
+offset order, and at most ``pipeline`` packets are outstanding.
 Data moves through callables (``write(chunk)`` for downloads, ``read(size)``
 for uploads), so a caller streams to and from files, sockets or Twisted
 consumers without holding a file in memory.
