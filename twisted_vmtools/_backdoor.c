@@ -21,6 +21,13 @@
  * cost a whole switch interval (5 ms) per call, far more than the call.
  * Under the ptrace trap engine a call costs ~25-100 us, still short.
  *
+ * `exchange` makes a whole message-channel exchange (the five calls of a
+ * TCLO poll or an RPCI call) back to back, as vmtoolsd's message code does,
+ * and hands anything off the plain path back to the Python state machine at
+ * the call where it happened.  The register values and status bits come from
+ * Python (codecs/message.py declares them); only the order of the calls is
+ * here.
+ *
  * On anything but x86-64 Linux the module builds, and every instruction
  * entry point raises OSError.
  */

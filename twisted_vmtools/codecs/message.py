@@ -108,15 +108,17 @@ def run_steps(steps: Generator[BackdoorCall, BackdoorResult, object], backdoor: 
 
 @runtime_checkable
 class DirectBackdoor(Protocol):
-    """An executor that also makes the three calls directly, registers as plain ints.
+    """An executor that also makes the three calls directly, registers as plain ints, and whole exchanges.
 
-    The signatures are the C extension's (``_backdoor.lb/hb_out/hb_in``, port
-    interface).  `GuestChannel.exchange_direct` and friends use them for the
+    The signatures are the C extension's (``_backdoor.lb/hb_out/hb_in/exchange``,
+    port interface).  `GuestChannel.exchange_direct` and friends use them for the
     common case, with no generator, named tuple or executor dispatch between
     two backdoor instructions: under the trap engine each Python step between
     two traps runs cache-cold, and those steps cost the guest more CPU per TCLO
-    poll than the traps.  Anything out of the ordinary (low-bandwidth transfers,
-    checkpoints, failures) goes through the generator steps and ``__call__``.
+    poll than the traps.  ``exchange`` makes all five calls of an exchange with
+    no Python between them.  Anything out of the ordinary (low-bandwidth
+    transfers, checkpoints, failures) goes through the generator steps and
+    ``__call__``.
     """
 
     def __call__(self, call: BackdoorCall) -> BackdoorResult: ...
