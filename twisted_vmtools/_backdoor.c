@@ -366,7 +366,9 @@ static int parse_words(PyObject *words, uint64_t w[W_COUNT])
 /* A TCLO/RPCI status: the high half of the 32-bit word it comes in. */
 #define STATUS_OF(word) (((word) >> 16) & 0xFFFFu)
 
-static PyObject *stopped_at(int stage, const Regs *r, int with_bp, PyObject *data)
+/* `asked` is what rep insb was asked for (0 before it): its RCX out is what the VMX left
+ * untransferred (0 under the trap engine), so the size cannot be read back from the registers. */
+static PyObject *stopped_at(int stage, const Regs *r, int with_bp, PyObject *data, Py_ssize_t asked)
 {
     PyObject *regs = regs_tuple(r, with_bp);
     if (regs == NULL) {
@@ -379,11 +381,11 @@ static PyObject *stopped_at(int stage, const Regs *r, int with_bp, PyObject *dat
         Py_DECREF(regs);
         return NULL;
     }
-    return Py_BuildValue("(iNN)", stage, regs, data);
+    return Py_BuildValue("(iNNn)", stage, regs, data, asked);
 }
 
 PyDoc_STRVAR(exchange_doc,
-"exchange(payload, words) -> bytes | (stage, regs, data)\n\n"
+"exchange(payload, words) -> bytes | (stage, regs, data, asked)\n\n"
 "One message-channel exchange on the I/O port, its backdoor calls back to\n"
 "back: SENDSIZE; rep outsb of payload if the VMX offers high bandwidth;\n"
 "RECVSIZE; if a message waits, rep insb of it into a fresh bytes object;\n"
@@ -391,10 +393,11 @@ PyDoc_STRVAR(exchange_doc,
 "laid out as codecs.message.ExchangeWords): no protocol constant lives here.\n\n"
 "Returns the message received (b\"\" if none), or, at the first answer off\n"
 "that path (a failure, a checkpoint, low bandwidth, a wrong type), stops and\n"
-"returns (stage, regs, data): stage the index of that call in the sequence\n"
+"returns (stage, regs, data, asked): stage the index of that call in the sequence\n"
 "(0 SENDSIZE, 1 rep outsb, 2 RECVSIZE, 3 rep insb, 4 RECVSTATUS), regs its\n"
 "registers out (six for in, seven with RBP for the rep ones), data the bytes\n"
-"received so far.  The caller goes on from there.");
+"received so far, asked the size rep insb was asked for (0 before it).  The\n"
+"caller goes on from there.");
 
 static PyObject *py_exchange(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -424,7 +427,7 @@ static PyObject *py_exchange(PyObject *self, PyObject *const *args, Py_ssize_t n
     status = STATUS_OF(r.cx);
     if (!(status & w[W_SUCCESS]) || (payload.len && !(status & w[W_HB]))) {
         PyBuffer_Release(&payload);
-        return stopped_at(AT_SENDSIZE, &r, 0, NULL);
+        return stopped_at(AT_SENDSIZE, &r, 0, NULL, 0);
     }
     if (payload.len) {
         memset(&r, 0, sizeof r);
@@ -433,7 +436,7 @@ static PyObject *py_exchange(PyObject *self, PyObject *const *args, Py_ssize_t n
         exec_hb_out(&r, MODE_PORT);
         if (!(STATUS_OF(r.bx) & w[W_SUCCESS])) {
             PyBuffer_Release(&payload);
-            return stopped_at(AT_HB_OUT, &r, 1, NULL);
+            return stopped_at(AT_HB_OUT, &r, 1, NULL, 0);
         }
     }
     PyBuffer_Release(&payload);
@@ -445,12 +448,12 @@ static PyObject *py_exchange(PyObject *self, PyObject *const *args, Py_ssize_t n
     exec_lb(&r, MODE_PORT);
     status = STATUS_OF(r.cx);
     if (!(status & w[W_SUCCESS]))
-        return stopped_at(AT_RECVSIZE, &r, 0, NULL);
+        return stopped_at(AT_RECVSIZE, &r, 0, NULL, 0);
     if (!(status & w[W_DORECV]))
         return PyBytes_FromStringAndSize(NULL, 0);
     size = r.bx & 0xFFFFFFFFu;
     if (STATUS_OF(r.dx) != w[W_SENDSIZE_TYPE] || (size && !(status & w[W_HB])))
-        return stopped_at(AT_RECVSIZE, &r, 0, NULL);
+        return stopped_at(AT_RECVSIZE, &r, 0, NULL, 0);
     data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (data == NULL)
         return NULL;
@@ -463,14 +466,14 @@ static PyObject *py_exchange(PyObject *self, PyObject *const *args, Py_ssize_t n
         r.bp = w[W_COOKIE_LOW];
         exec_hb_in(&r, MODE_PORT);
         if (!(STATUS_OF(r.bx) & w[W_SUCCESS]))
-            return stopped_at(AT_HB_IN, &r, 1, data);
+            return stopped_at(AT_HB_IN, &r, 1, data, (Py_ssize_t)size);
     }
     memset(&r, 0, sizeof r);
     r.ax = BDOOR_MAGIC; r.bx = w[W_SUCCESS]; r.cx = w[W_CX_RECVSTATUS]; r.dx = w[W_DX];
     r.si = w[W_COOKIE_HIGH]; r.di = w[W_COOKIE_LOW];
     exec_lb(&r, MODE_PORT);
     if (!(STATUS_OF(r.cx) & w[W_SUCCESS]))
-        return stopped_at(AT_RECVSTATUS, &r, 0, data);
+        return stopped_at(AT_RECVSTATUS, &r, 0, data, (Py_ssize_t)size);
     return data;
 #else
     (void)status; (void)size; (void)data;

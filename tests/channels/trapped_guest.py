@@ -35,7 +35,7 @@ class StoppingEarly:
     def __call__(self, call: BackdoorCall) -> BackdoorResult:
         return self.port(call)
 
-    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes]:
+    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes, int]:
         result = self.port.exchange(payload, words._replace(hb=0))
         if not isinstance(result, bytes):
             self.stages.append(result[0])

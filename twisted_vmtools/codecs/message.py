@@ -132,10 +132,10 @@ class DirectBackdoor(Protocol):
     def hb_in(self, ax: int, bx: int, dx: int, si: int, bp: int, size: int, /) -> tuple[tuple[int, ...], bytes]:
         """``rep insb`` into a fresh ``size``-byte buffer: the seven registers out, and the buffer."""
 
-    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes]:
+    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes, int]:
         """A whole exchange's calls back to back (see `exchange_by_calls`): the message, or where it stopped.
 
-        Where it stopped is ``(stage, regs, data)``, an `ExchangeStopped` or a plain tuple laid out the same.
+        Where it stopped is ``(stage, regs, data, asked)``, an `ExchangeStopped` or a plain tuple laid out the same.
         """
 
 
@@ -176,6 +176,9 @@ class ExchangeStopped(NamedTuple):
     stage: int
     regs: tuple[int, ...]  # six for the low-bandwidth calls, seven (with RBP) for rep outsb / rep insb
     data: bytes
+    # The size rep insb was asked for (0 before it): its RCX out is what the VMX left untransferred
+    # (0 from the trap engine), not the size, so a stop at or after it says the size here.
+    asked: int = 0
 
 
 def exchange_by_calls(backdoor: DirectBackdoor, payload: bytes, words: ExchangeWords) -> bytes | ExchangeStopped:
@@ -210,10 +213,10 @@ def exchange_by_calls(backdoor: DirectBackdoor, payload: bytes, words: ExchangeW
     if size:
         regs, data = backdoor.hb_in(BDOOR_MAGIC, hb_bx, hb_dx, cookie_high, cookie_low, size)
         if not (regs[1] >> 16) & success or len(data) != size:  # short: never from the C extension's buffer
-            return ExchangeStopped(ExchangeStage.HB_IN, regs, data)
+            return ExchangeStopped(ExchangeStage.HB_IN, regs, data, size)
     regs = backdoor.lb(BDOOR_MAGIC, success, cx_recvstatus, dx, cookie_high, cookie_low)
     if not (regs[2] >> 16) & success:
-        return ExchangeStopped(ExchangeStage.RECVSTATUS, regs, data)
+        return ExchangeStopped(ExchangeStage.RECVSTATUS, regs, data, size)
     return data
 
 
@@ -241,7 +244,7 @@ class DirectCalls:
         result = self._execute(BackdoorCall(BackdoorOp.HB_IN, Registers(ax, bx, size, dx, si, 0, bp)))
         return tuple(result.regs), result.data
 
-    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes]:
+    def exchange(self, payload: bytes, words: ExchangeWords, /) -> bytes | tuple[int, tuple[int, ...], bytes, int]:
         return exchange_by_calls(self, payload, words)
 
 
@@ -359,7 +362,7 @@ class GuestChannel:
         result = backdoor.exchange(payload, words)
         if isinstance(result, bytes):
             return result
-        stage, regs, data = result
+        stage, regs, data, asked = result
         if stage == _AT_SENDSIZE:
             self._sent_size(payload, regs[2], backdoor)
         elif stage == _AT_HB_OUT:
@@ -367,7 +370,7 @@ class GuestChannel:
         elif stage == _AT_RECVSIZE:
             return self._received_size(regs[1], regs[2], regs[3], backdoor)
         elif stage == _AT_HB_IN:
-            return self._received_high_bandwidth(regs[1], regs[2], data, backdoor)
+            return self._received_high_bandwidth(regs[1], asked, data, backdoor)
         else:
             return self._received_status(regs[2], data, backdoor)
         return self.receive_direct(backdoor)
