@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import Deferred, DeferredQueue, succeed
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from twisted_vmtools.channels.interfaces import ITCLOHandler
 from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT
 from twisted_vmtools.codecs.datamap import VsockPacket, VsockPacketError
 from twisted_vmtools.codecs.message import (
@@ -205,3 +207,27 @@ class PairConnector:
         vmx.close()
         self.peers[port].put(peer)
         return guest
+
+
+@implementer(ITCLOHandler)
+class RecordingHandler:
+    """A TCLO handler that records its commands.
+
+    With ``answer``, each command is answered by ``answer(command)``: bytes (answered at once), a
+    Deferred, or an exception raised from `handle` itself.  Without, each command waits on a
+    Deferred in ``pending`` for the test to fire.
+    """
+
+    def __init__(self, answer: Callable[[bytes], bytes | Deferred[bytes]] | None = None) -> None:
+        self.commands: list[bytes] = []
+        self.pending: list[Deferred[bytes]] = []
+        self.answer = answer
+
+    def handle(self, command: bytes) -> Deferred[bytes]:
+        self.commands.append(command)
+        if self.answer is None:
+            waiting: Deferred[bytes] = Deferred()
+            self.pending.append(waiting)
+            return waiting
+        answer = self.answer(command)
+        return answer if isinstance(answer, Deferred) else succeed(answer)

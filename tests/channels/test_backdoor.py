@@ -9,7 +9,6 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import failure_of, result_of
@@ -21,7 +20,7 @@ from twisted_vmtools.channels.backdoor import (
     host_executor,
     hypercall_dx,
 )
-from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITCLOHandler
+from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel
 from twisted_vmtools.codecs.message import (
     PROTO_RPCI,
     PROTO_TCLO,
@@ -36,6 +35,7 @@ from twisted_vmtools.codecs.message import (
 from twisted_vmtools.codecs.registers import BDOOR_PORT, BDOORHB_PORT, Registers, pack16
 
 from .fakes import GARBAGE, FakeVMX, Interposer, message_type, status_reply
+from .fakes import RecordingHandler as Handler
 
 # Every test runs twice: through the generator steps, and through the direct calls the
 # channel makes when its executor offers them (the I/O port does), whose every call still
@@ -185,22 +185,6 @@ def test_rpci_after_stop_fails() -> None:
 
 
 # -- TCLO
-
-
-@implementer(ITCLOHandler)
-class Handler:
-    def __init__(self, answer=None) -> None:  # noqa: ANN001
-        self.commands: list[bytes] = []
-        self.pending: list[Deferred[bytes]] = []
-        self.answer = answer
-
-    def handle(self, command: bytes) -> Deferred[bytes]:
-        self.commands.append(command)
-        if self.answer is not None:
-            return self.answer(command)
-        d: Deferred[bytes] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 def immediate(command: bytes) -> Deferred[bytes]:

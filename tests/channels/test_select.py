@@ -8,17 +8,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.support import result_of
 from twisted_vmtools.channels.auto import AutoChannel
 from twisted_vmtools.channels.backdoor import BackdoorChannel, host_executor
 from twisted_vmtools.channels.detect import BackdoorInterface, Detection
-from twisted_vmtools.channels.interfaces import IGuestChannel, ITCLOHandler
+from twisted_vmtools.channels.interfaces import IGuestChannel
 from twisted_vmtools.channels.select import (
     BadTransport,
     TransportUnavailable,
@@ -30,7 +29,7 @@ from twisted_vmtools.codecs.message import PROTO_RPCI, PROTO_TCLO
 from twisted_vmtools.exit_codes import ExitCode
 from twisted_vmtools.protocols.tclo import TCLODispatcher
 
-from .fakes import FakeVMX, PairConnector
+from .fakes import FakeVMX, PairConnector, RecordingHandler
 
 _reactor: Any = reactor
 
@@ -125,14 +124,8 @@ def test_specs_in_vmware() -> None:
     assert verifyObject(IGuestChannel, auto)
 
 
-@implementer(ITCLOHandler)
-class Handler:
-    def __init__(self) -> None:
-        self.commands: list[bytes] = []
-
-    def handle(self, command: bytes) -> Deferred[bytes]:
-        self.commands.append(command)
-        return defer.succeed(b"OK ATR toolbox" if command == b"reset" else b"OK ")
+def toolbox(command: bytes) -> bytes:
+    return b"OK ATR toolbox" if command == b"reset" else b"OK "
 
 
 def auto_channel(connector: Any, clock: Clock) -> tuple[FakeVMX, AutoChannel]:
@@ -204,7 +197,7 @@ def test_auto_reset_retries_vsock_early() -> None:
 def test_auto_tclo_backdoor_polling() -> None:
     clock = Clock()
     vmx, channel = auto_channel(refusing([]), clock)
-    handler = Handler()
+    handler = RecordingHandler(toolbox)
     channel.start(handler)
     vmx.tclo.commands.append(b"ping")
     clock.advance(0)
@@ -225,7 +218,7 @@ def test_auto_tclo_falls_back_when_the_connect_fails_later() -> None:
         return pending[-1]
 
     vmx, channel = auto_channel(connect_later, clock)
-    handler = Handler()
+    handler = RecordingHandler(toolbox)
     channel.start(handler)
     assert channel.tclo_via is None
     pending[0].errback(OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol"))
@@ -244,7 +237,7 @@ async def test_auto_prefers_vsock() -> None:
     connector = PairConnector()
     clock = Clock()
     vmx, channel = auto_channel(connector, clock)
-    handler = Handler()
+    handler = RecordingHandler(toolbox)
     channel.start(handler)
     tclo = await connector.peers[TCLO_PORT].get()
     assert channel.tclo_via == "vsock"

@@ -11,37 +11,21 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_vmtools.channels import vsock
-from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel, ITCLOHandler
+from twisted_vmtools.channels.interfaces import ChannelError, IGuestChannel
 from twisted_vmtools.channels.vsock import RPCI_PORT, TCLO_PORT, VsockChannel, vsock_connect
 from twisted_vmtools.codecs.datamap import PacketType, VsockPacket
 
 from .fakes import PairConnector
+from .fakes import RecordingHandler as Handler
 
 _reactor: Any = reactor
-
-
-@implementer(ITCLOHandler)
-class Handler:
-    def __init__(self, answer: Any = None) -> None:
-        self.commands: list[bytes] = []
-        self.pending: list[Deferred[bytes]] = []
-        self.answer = answer
-
-    def handle(self, command: bytes) -> Deferred[bytes]:
-        self.commands.append(command)
-        if self.answer is not None:
-            return defer.succeed(self.answer(command))
-        d: Deferred[bytes] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 def turn() -> Deferred[None]:
